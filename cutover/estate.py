@@ -311,17 +311,25 @@ def read_csv(path: Path, columns: tuple[str, ...], problems: _Collector) -> list
     except UnicodeDecodeError as exc:
         problems.add(path, "", f"not UTF-8: {exc.reason} at byte {exc.start}")
         return None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [nfc(h) for h in (reader.fieldnames or [])]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [nfc(h) for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        problems.add(path, "header", f"not valid CSV: {exc}")
+        return None
     missing = [c for c in columns if c not in header]
     if missing:
         problems.add(path, "header", f"missing column(s): {', '.join(missing)}")
         return None
     reader.fieldnames = header
     rows = []
-    for row in reader:
-        values = {k: nfc(v or "") for k, v in row.items() if k is not None}
-        rows.append((reader.line_num, values))
+    try:
+        for row in reader:
+            values = {k: nfc(v) if isinstance(v, str) else "" for k, v in row.items() if k is not None}
+            rows.append((reader.line_num, values))
+    except csv.Error as exc:
+        problems.add(path, f"row {reader.line_num}", f"not valid CSV: {exc}")
+        return None
     return rows
 
 
@@ -330,10 +338,14 @@ def _read_yaml(path: Path, problems: _Collector) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         problems.add(path, "", "file not found")
+    except UnicodeDecodeError as exc:
+        problems.add(path, f"byte {exc.start}", f"not UTF-8: {exc.reason}")
+    except yaml.reader.ReaderError as exc:
+        problems.add(path, f"character {exc.position}", f"not valid YAML: unacceptable character #x{exc.character:04x}" if isinstance(exc.character, int) else "not valid YAML: unreadable text")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        problems.add(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        problems.add(path, where, f"not valid YAML: {' '.join(str(getattr(exc, 'problem', None) or exc).split())}")
     return None
 
 
