@@ -493,9 +493,8 @@ class Journal(ABC):
                  detail: Mapping[str, Any] | None, evidence_digest: str | None, wave: str | None, batch: str | None,
                  now: datetime) -> UnitStepState:
         subject = f"{run_id} unit {unit} step {step}"
-        if status not in PHASE_OF_STATUS:
-            states.transition("step", None, status, subject)  # raises for pending and unknown words
-            raise ValueError(status)
+        if status not in PHASE_OF_STATUS:  # pending or an unknown word: not something an event reports
+            raise states.IllegalTransition("step", None, status, subject + f" (not an outcome; outcomes: {', '.join(PHASE_OF_STATUS)})")
         phase = phase or PHASE_OF_STATUS[status]
         row = tx.one(f"SELECT {STEP_COLUMNS} FROM unit_steps WHERE run_id = ? AND unit = ? AND step = ?", (run_id, unit, step))
         if row is None:
