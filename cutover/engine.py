@@ -1,0 +1,649 @@
+"""The conductor: decides what runs next, calls the actions, journals intent before and outcome after.
+
+A run goes wave by wave, batch by batch, segment by segment. A *segment* is the consecutive
+steps up to the next approval (an approval step, or a step followed by an approval gate); for
+one batch it is one ansible-runner invocation (`cutover.actions.ansible`), whose check gates
+(reconcile, smoke) run inside it right after their step. Per-site concurrency comes from the
+plan's batch cutting.
+
+Write-ahead: before a segment runs, its intent (units x steps) is journaled; each unit-step's
+outcome is journaled the moment its job event arrives. A unit-step recorded `done` is never
+run again; one `started` and not finished is (steps are idempotent). Units the ansible run
+drops (they failed earlier in the segment) have their unreached steps marked `skipped`.
+
+Failure, per batch: units failing a step or a check gate are rolled back alone right after the
+segment (their attempted steps undone in reverse order, in one invocation limited to them) and
+stay failed while the others go on; once more units failed than the batch tolerates
+(`max_failed`, or a `failure_threshold` gate already passed), `on_failure` decides:
+`rollback_batch` undoes the whole batch and stops (RunFailed, exit 1), `pause` stops and waits
+for a person (Waiting, exit 4), `stop` stops without undoing (RunFailed). A failed undo is
+RollbackFailed (exit 5): a person must act.
+
+Approvals (approval steps, approval gates, a wave's approve_before/approve_after, approval final
+gates) are requested in the journal; the run goes on once someone other than its starter
+approved (`approve`). With a terminal the engine waits for it; without one the run stops
+`waiting` (exit 4) and `resume` continues. A wave outside its window is Waiting too, unless the
+run was started with `ignore_window` and a reason.
+
+The engine never prints: it reports progress through `Conductor.report` (a callable).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cutover import states
+from cutover.actions.ansible import AnsibleAction, CheckGate, Outcome, PlayStep, resolve_strategy, write_inventory
+from cutover.actions.approval import ApprovalRequest, decide
+from cutover.actions.http import HttpCheck
+from cutover.errors import CutoverError, InvalidInput, Problem, RollbackFailed, RunFailed, Waiting
+from cutover.estate import Estate
+from cutover.journal import Journal
+from cutover.journal.records import Run
+from cutover.runbook import TIMEZONE, Step, load_runbook, resolve_share
+
+OUT_STATUSES = frozenset({states.FAILED, states.UNDOING, states.UNDONE, states.UNDO_FAILED})
+UNDO_CANDIDATES = frozenset({states.DONE, states.FAILED, states.STARTED, states.UNDOING, states.UNDO_FAILED})
+
+
+class Interrupted(CutoverError):
+    """SIGINT/SIGTERM: the running invocation was cancelled; `resume RUN` continues."""
+
+    exit_code = 130
+    status = "interrupted"
+
+
+class Aborted(CutoverError):
+    """Someone aborted the run (`cutover abort`) while it ran."""
+
+    exit_code = 1
+    status = "aborted"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One thing worth showing: a run, wave, batch, segment, unit-step or approval moved."""
+
+    kind: str  # run | wave | batch | segment | step | gate | undo | approval | window
+    run: str
+    status: str
+    wave: str | None = None
+    batch: str | None = None
+    unit: str | None = None
+    step: str | None = None
+    message: str = ""
+
+
+@dataclass
+class Options:
+    """How this process carries out runs (not part of the plan)."""
+
+    strategy: str | None = None  # mitogen | linear | None = mitogen when installed
+    interactive: bool = False  # a terminal: wait for approvals instead of exiting 4
+    approval_poll: float = 2.0
+    forks: int = 50
+    lease: float = 30.0
+
+
+@dataclass
+class JournalStats:
+    writes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.writes / self.seconds if self.seconds else 0.0
+
+
+def runbook_path(root: Path, name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix in (".yml", ".yaml") and candidate.exists():
+        return candidate.resolve()
+    path = root / "runbooks" / f"{name}.yml"
+    if not path.exists():
+        known = sorted(p.stem for p in (root / "runbooks").glob("*.yml"))
+        raise InvalidInput([Problem(str(path), "", f"no runbook {name!r} (known: {', '.join(known) or 'none'})")])
+    return path
+
+
+def load_plan(root: Path, estate: Estate, runbook: str):  # noqa: ANN201 - Plan
+    from cutover.plan import compile_plan
+
+    return compile_plan(estate, load_runbook(runbook_path(root, runbook), estate, root))
+
+
+def split_segments(steps: Sequence[Step]) -> list[list[Step]]:
+    """The plan's segments (cut before approval steps), also cut after a step with an approval gate."""
+    out: list[list[Step]] = []
+    cut_next = False
+    for step in steps:
+        if not out or step.is_approval or cut_next:
+            out.append([])
+        out[-1].append(step)
+        cut_next = any(g.kind == "approval" for g in step.gates)
+    return out
+
+
+def approval_id(gate: str, scope: str | None) -> str:
+    return f"{gate}@{scope}" if scope else gate
+
+
+class Conductor:
+    """Carries out one run of one plan against the estate, through the journal."""
+
+    def __init__(self, journal: Journal, *, root: Path, estate: Estate, actor: str, options: Options | None = None, work_dir: Path | None = None,
+                 report: Callable[[Progress], None] = lambda p: None, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.journal = journal
+        self.root = Path(root)
+        self.work_dir = Path(work_dir) if work_dir else self.root / ".cutover"
+        self.estate = estate
+        self.actor = actor
+        self.options = options or Options()
+        self.report = report
+        self.now = now
+        self.cancelled = threading.Event()
+        self.stats = JournalStats()
+        self.invocations = 0
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def start(self, runbook: str, *, wave: str | None = None, units: Sequence[str] = (), dry_run: bool = False,
+              ignore_window: str | None = None) -> Run:
+        """A new run of `runbook` (lock taken first: LockHeld, exit 3, if another run holds it)."""
+        plan = load_plan(self.root, self.estate, runbook)
+        params = self._params(plan, wave=wave, units=units, dry_run=dry_run, ignore_window=ignore_window)
+        resolve_strategy(self.options.strategy)
+        with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, lease=self.options.lease) as lock:
+            run = self.journal.create_run(runbook=plan.runbook.name, env=self.estate.env, plan_hash=plan.hash, plan=plan.to_dict(),
+                                          started_by=self.actor, params=params)
+            lock.attach(run.id)
+            return self._conduct(run, plan, lock)
+
+    def resume(self, run_id: str, *, replan: str | None = None) -> Run:
+        run = self.journal.get_run(run_id)
+        plan = load_plan(self.root, self.estate, run.runbook)
+        if run.env != self.estate.env:
+            raise InvalidInput([Problem("--env", "", f"run {run_id} belongs to env {run.env!r}, not {self.estate.env!r}")])
+        if plan.hash != run.plan_hash:
+            if not replan:
+                raise InvalidInput([Problem("RUN", "", f"the plan changed since run {run_id} started ({run.plan_hash[:12]} -> {plan.hash[:12]}): "
+                                                        "check `cutover plan`, then `resume --replan --reason ...`")])
+            self.journal.replan(run_id, plan_hash=plan.hash, plan=plan.to_dict(), actor=self.actor, reason=replan)
+        if run.status in (states.SUCCEEDED, states.ROLLED_BACK, states.ABORTED):
+            raise InvalidInput([Problem("RUN", "", f"run {run_id} is {run.status}: nothing to resume")])
+        with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
+            return self._conduct(self.journal.get_run(run_id), plan, lock)
+
+    def approve(self, run_id: str, gate: str, *, reason: str, approved: bool = True) -> str:
+        """Decide a requested approval (four eyes: not the run's starter). Returns the gate id."""
+        run = self.journal.get_run(run_id, with_plan=False)
+        requested = [a for a in self.journal.approvals(run_id) if a.status == states.REQUESTED]
+        exact = [a for a in requested if a.gate == gate]
+        matches = exact or [a for a in requested if a.gate.split("@", 1)[0] == gate]
+        if len(matches) != 1:
+            known = ", ".join(sorted(a.gate for a in requested)) or "none"
+            what = "no requested approval" if not matches else "several requested approvals"
+            raise InvalidInput([Problem("--gate", "", f"{what} named {gate!r} in run {run_id} (requested: {known})")])
+        target = matches[0].gate
+        decision = decide(ApprovalRequest(run_id, target, run.started_by), approver=self.actor, reason=reason, approved=approved)
+        self.journal.record_approval(run_id, target, actor=decision.approver, reason=decision.reason, approved=approved)
+        self.report(Progress("approval", run_id, states.APPROVED if approved else states.REJECTED, message=f"{target} by {self.actor}"))
+        return target
+
+    def abort(self, run_id: str, *, reason: str) -> Run:
+        _need_reason(reason)
+        run = self.journal.set_run_status(run_id, states.ABORTED, actor=self.actor, reason=reason)
+        self.report(Progress("run", run_id, states.ABORTED, message=reason))
+        return run
+
+    def rollback(self, run_id: str, *, reason: str, wave: str | None = None, unit: str | None = None) -> Run:
+        """Undo what the run did (all of it, one wave, or one unit), batch by batch, last first."""
+        _need_reason(reason)
+        run = self.journal.get_run(run_id)
+        plan = load_plan(self.root, self.estate, run.runbook)
+        if plan.hash != run.plan_hash:
+            raise InvalidInput([Problem("RUN", "", f"the plan changed since run {run_id} started; resume --replan first or roll back with the old inputs")])
+        if unit is not None:
+            plan.unit(unit)
+        if wave is not None:
+            plan.wave(wave)
+        with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
+            self._status(run_id, states.ROLLING_BACK, reason=reason, detail={"wave": wave, "unit": unit})
+            self._prepare(run, lock)
+            state = self.journal.unit_step_state(run_id)
+            for pw in reversed(plan.waves):
+                if wave is not None and pw.id != wave:
+                    continue
+                for batch in reversed(pw.batches):
+                    units = [u for u in batch.units if unit in (None, u)]
+                    self._undo(run, plan, pw, batch, units, state, label="rollback")
+            self._status(run_id, states.ROLLED_BACK, reason=reason, detail={"wave": wave, "unit": unit})
+            return self.journal.get_run(run_id, with_plan=False)
+
+    # --- conducting ---------------------------------------------------------------------------
+
+    def _params(self, plan, *, wave, units, dry_run, ignore_window) -> dict[str, Any]:  # noqa: ANN001
+        problems: list[Problem] = []
+        if wave is not None:
+            plan.wave(wave)
+        for code in units:
+            try:
+                w, batch, _ = plan.unit(code)
+            except InvalidInput as exc:
+                problems += exc.problems
+                continue
+            if batch is None:
+                problems.append(Problem("--units", code, "blocked: " + "; ".join(next(b.reasons for b in w.blocked if b.code == code))))
+            elif wave is not None and w.id != wave:
+                problems.append(Problem("--units", code, f"is in wave {w.id!r}, not {wave!r}"))
+        if ignore_window is not None and not ignore_window.strip():
+            problems.append(Problem("--reason", "", "--ignore-window needs a reason"))
+        for step in plan.steps:
+            if step.do.kind == "stack" or (step.undo is not None and step.undo.kind == "stack"):
+                problems.append(Problem(str(plan.runbook.path), f"steps.{step.id}", "stack actions are not carried out by the engine yet"))
+        if problems:
+            raise InvalidInput(problems)
+        return {"wave": wave, "units": list(units), "dry_run": dry_run, "ignore_window": ignore_window,
+                "strategy": resolve_strategy(self.options.strategy)}
+
+    def _prepare(self, run: Run, lock) -> None:  # noqa: ANN001
+        self.run_dir = self.work_dir / "runs" / run.id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock
+        from cutover.ansible_inventory import build_inventory
+
+        self.dynamic_inventory = build_inventory(self.estate)
+        self.action = AnsibleAction(inventory=self.run_dir / "inventory.json", strategy=resolve_strategy(self.options.strategy),
+                                    check_mode=bool(run.params.get("dry_run")), forks=self.options.forks)
+
+    def _conduct(self, run: Run, plan, lock) -> Run:  # noqa: ANN001
+        self._prepare(run, lock)
+        params = run.params
+        self._status(run.id, states.RUNNING)
+        self.report(Progress("run", run.id, states.RUNNING, message=f"{plan.runbook.name} in {self.estate.env}, plan {plan.hash[:12]}"
+                             + (" (dry run: check mode)" if params.get("dry_run") else "")))
+        chosen = set(params.get("units") or ())
+        for pw in plan.waves:
+            if params.get("wave") not in (None, pw.id):
+                continue
+            units_of = {b.id: [u for u in b.units if not chosen or u in chosen] for b in pw.batches}
+            if not any(units_of.values()):
+                continue
+            state = self.journal.unit_step_state(run.id)
+            if all(self._unit_finished(run.id, state, u, plan) for us in units_of.values() for u in us):
+                continue
+            self._check_window(run, pw)
+            if pw.approve_before:
+                self._await_approval(run, pw.approve_before, None, f"before wave {pw.id}")
+            self.report(Progress("wave", run.id, states.RUNNING, wave=pw.id))
+            for batch in pw.batches:
+                if units_of[batch.id]:
+                    self._run_batch(run, plan, pw, batch, units_of[batch.id])
+            if pw.approve_after:
+                self._await_approval(run, pw.approve_after, None, f"after wave {pw.id}")
+            self.report(Progress("wave", run.id, states.DONE, wave=pw.id))
+        if params.get("wave") is None and not chosen:
+            self._final_gates(run, plan)
+        failed = self._failed_units(run.id)
+        self._status(run.id, states.SUCCEEDED, detail={"failed_units": sorted(failed)} if failed else None)
+        self.report(Progress("run", run.id, states.SUCCEEDED, message=f"{len(failed)} unit(s) failed and rolled back" if failed else ""))
+        return self.journal.get_run(run.id, with_plan=False)
+
+    def _check_window(self, run: Run, pw) -> None:  # noqa: ANN001
+        now = self.now()
+        if pw.window.is_open(now):
+            return
+        if run.params.get("ignore_window"):
+            self.journal.append_event("window.ignored", actor=self.actor, run_id=run.id,
+                                      data={"wave": pw.id, "reason": run.params["ignore_window"], "at": now.isoformat()})
+            return
+        opening = pw.window.next_opening(now)
+        when = f"opens {opening:%Y-%m-%d %H:%M} Asia/Ho_Chi_Minh" if opening else f"closed after {pw.window.deadline}"
+        self._status(run.id, states.WAITING, reason=f"wave {pw.id} window {when}")
+        self.report(Progress("window", run.id, states.WAITING, wave=pw.id, message=when))
+        raise Waiting(f"run {run.id}: wave {pw.id} is outside its window ({when}); resume then, or start with --ignore-window --reason")
+
+    def _final_gates(self, run: Run, plan) -> None:  # noqa: ANN001
+        today = self.now().astimezone(TIMEZONE).date()
+        for gate in plan.final_gates:
+            if gate.not_before is not None and today < gate.not_before:
+                self._status(run.id, states.WAITING, reason=f"final gate {gate.id}: not before {gate.not_before}")
+                raise Waiting(f"run {run.id}: final gate {gate.id} opens on {gate.not_before}; resume then")
+            if gate.approval is not None:
+                self._await_approval(run, gate.approval.gate, None, f"final gate {gate.id}", prompt=gate.approval.prompt, deadline=gate.deadline)
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    def _await_approval(self, run: Run, gate: str, scope: str | None, where: str, *, prompt: str = "", deadline: date | None = None) -> None:
+        target = approval_id(gate, scope)
+        current = self.journal.approval(run.id, target)
+        if current is None or current.status not in (states.APPROVED, states.REQUESTED):
+            self.journal.request_approval(run.id, target, actor=self.actor, prompt=prompt or where)
+            self.report(Progress("approval", run.id, states.REQUESTED, message=f"{target} ({where}): `cutover approve {run.id} --gate {target} --reason ...` by someone other than {run.started_by}"))
+        while True:
+            current = self.journal.approval(run.id, target)
+            if current is not None and current.status == states.APPROVED:
+                if deadline is not None and current.at is not None and current.at.astimezone(TIMEZONE).date() > deadline:
+                    raise RunFailed(f"run {run.id}: approval {target} came after its deadline {deadline}")
+                return
+            if current is not None and current.status == states.REJECTED:
+                raise _Rejected(target, current.reason or "")
+            if not self.options.interactive:
+                self._status(run.id, states.WAITING, reason=f"approval {target}")
+                raise Waiting(f"run {run.id} waits for approval {target} ({where}); then `cutover resume {run.id}`")
+            self._checkpoint(run)
+            time.sleep(self.options.approval_poll)
+
+    # --- a batch ------------------------------------------------------------------------------
+
+    def _run_batch(self, run: Run, plan, pw, batch, units: list[str]) -> None:  # noqa: ANN001
+        state = self.journal.unit_step_state(run.id)
+        tolerated = pw.max_failed_for(batch)
+        self.report(Progress("batch", run.id, states.RUNNING, wave=pw.id, batch=batch.id, message=f"{len(units)} unit(s), tolerates {tolerated} failure(s)"))
+        # finish a rollback-alone that a crash interrupted
+        pending_undo = [u for u in units if self._unit_out(run.id, state, u) and self._needs_undo(state, u, plan)]
+        if pending_undo:
+            self._undo(run, plan, pw, batch, pending_undo, state, label="resume undo")
+            state = self.journal.unit_step_state(run.id)
+        seen_steps: list[Step] = []
+        for index, segment in enumerate(split_segments(plan.steps), start=1):
+            self._checkpoint(run)
+            seen_steps += segment
+            failed = {u for u in units if self._unit_out(run.id, state, u)}
+            alive = [u for u in units if u not in failed]
+            if segment[0].is_approval:
+                spec = segment[0].do.approval
+                todo = [u for u in alive if not _done(state, u, segment[0].id)]
+                if todo:
+                    try:
+                        self._await_approval(run, spec.gate, batch.id, f"batch {batch.id}, step {segment[0].id}", prompt=spec.prompt)
+                    except _Rejected as rejected:
+                        self._rollback_batch(run, plan, pw, batch, units, f"approval {rejected.gate} rejected: {rejected.reason}")
+                    self._journal_intent(run, pw, batch, todo, [segment[0].id])
+                    self._write(lambda: self.journal.record_outcomes(run.id, [
+                        {"unit": u, "step": segment[0].id, "status": states.DONE, "wave": pw.id, "batch": batch.id,
+                         "detail": {"approval": approval_id(spec.gate, batch.id)}} for u in todo]))
+                segment = segment[1:]
+                if not segment:
+                    continue
+            newly_failed = self._run_segment(run, plan, pw, batch, index, segment, alive, state)
+            state = self.journal.unit_step_state(run.id)
+            failed |= newly_failed
+            limit = min([tolerated] + [resolve_share(g.failure_threshold, len(units), round_up=False)
+                                       for s in seen_steps for g in s.gates if g.kind == "failure_threshold"])
+            if len(failed) > limit:
+                self._past_threshold(run, plan, pw, batch, units, state, failed, limit)
+            if newly_failed:
+                self._undo(run, plan, pw, batch, sorted(newly_failed), state, label="failed units")
+                state = self.journal.unit_step_state(run.id)
+            approvals = [g for s in segment for g in s.gates if g.kind == "approval"]
+            for gate in approvals:
+                try:
+                    self._await_approval(run, gate.approval.gate, batch.id, f"batch {batch.id}, after step {segment[-1].id}", prompt=gate.approval.prompt)
+                except _Rejected as rejected:
+                    self._rollback_batch(run, plan, pw, batch, units, f"approval {rejected.gate} rejected: {rejected.reason}")
+        failed = sorted(u for u in units if self._unit_out(run.id, state, u))
+        self.report(Progress("batch", run.id, states.DONE, wave=pw.id, batch=batch.id,
+                             message=f"{len(units) - len(failed)} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")))
+
+    def _past_threshold(self, run: Run, plan, pw, batch, units, state, failed, limit) -> None:  # noqa: ANN001
+        why = f"batch {batch.id}: {len(failed)} unit(s) failed ({', '.join(sorted(failed))}), more than the {limit} tolerated"
+        on_failure = plan.runbook.on_failure
+        if on_failure == "rollback_batch":
+            self._rollback_batch(run, plan, pw, batch, units, why)
+        if on_failure == "pause":
+            self._undo(run, plan, pw, batch, sorted(failed), state, label="failed units")
+            self._status(run.id, states.PAUSED, reason=why)
+            raise Waiting(f"run {run.id} paused: {why}; `cutover resume` or `cutover rollback`")
+        self._status(run.id, states.FAILED, reason=why)
+        raise RunFailed(f"run {run.id} stopped: {why} (on_failure: stop, nothing undone)")
+
+    def _rollback_batch(self, run: Run, plan, pw, batch, units, why: str) -> None:  # noqa: ANN001
+        self._status(run.id, states.ROLLING_BACK, reason=why)
+        self.report(Progress("batch", run.id, states.ROLLING_BACK, wave=pw.id, batch=batch.id, message=why))
+        self._undo(run, plan, pw, batch, list(units), self.journal.unit_step_state(run.id), label="batch rollback")
+        self._status(run.id, states.FAILED, reason=why)
+        raise RunFailed(f"run {run.id} failed: {why}; the whole batch was rolled back")
+
+    # --- a segment ----------------------------------------------------------------------------
+
+    def _run_segment(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state) -> set[str]:  # noqa: ANN001
+        todo = {s.id: [u for u in alive if not _done(state, u, s.id)] for s in segment}
+        if not any(todo.values()):
+            return set()
+        steps: list[PlayStep] = []
+        for s in segment:
+            if todo[s.id]:
+                steps.append(self._play_step(plan, pw, s, todo[s.id]))
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for unit in alive:
+            key = tuple(s.id for s in segment if unit in todo[s.id])
+            if key:
+                groups.setdefault(key, []).append(unit)
+        for step_ids, group in groups.items():
+            self._journal_intent(run, pw, batch, group, list(step_ids))
+        self.report(Progress("segment", run.id, states.STARTED, wave=pw.id, batch=batch.id,
+                             message=f"steps {', '.join(s.id for s in segment)} for {len({u for us in todo.values() for u in us})} unit(s)"))
+        failed: set[str] = set()
+        reported: set[tuple[str, str]] = set()
+
+        def on_outcome(o: Outcome) -> None:
+            detail = {"message": o.message, "task": o.task, "changed": o.changed, "started": o.started, "finished": o.finished}
+            if o.gate is not None:
+                self._write(lambda: self.journal.record_gate(run.id, gate=o.gate, status=states.PASSED if o.ok else states.FAILED, wave=pw.id,
+                                                             batch=batch.id, unit=o.unit, step=o.step, evidence={**o.evidence, "message": o.message}))
+            else:
+                reported.add((o.unit, o.step))
+                self._write(lambda: self.journal.record_outcome(run.id, unit=o.unit, step=o.step, status=states.DONE if o.ok else states.FAILED,
+                                                                wave=pw.id, batch=batch.id, detail=detail))
+            if not o.ok:
+                failed.add(o.unit)
+            self.report(Progress("gate" if o.gate else "step", run.id, (states.PASSED if o.gate else states.DONE) if o.ok else states.FAILED,
+                                 wave=pw.id, batch=batch.id, unit=o.unit, step=o.step if not o.gate else f"{o.step}/{o.gate}", message=o.message))
+
+        result = self._invoke(run, batch, f"s{index}", steps, on_outcome)
+        if result.status == "canceled" or self.cancelled.is_set():
+            raise Interrupted(f"run {run.id} interrupted during batch {batch.id}; `cutover resume {run.id}` continues (the interrupted steps run again)")
+        closing = []
+        for s in segment:
+            for unit in todo[s.id]:
+                if (unit, s.id) in reported:
+                    continue
+                if unit in failed:
+                    closing.append({"unit": unit, "step": s.id, "status": states.SKIPPED, "detail": {"message": "not reached: the unit failed earlier"}})
+                else:  # the invocation stopped short (error, timeout): the first unreported step failed
+                    failed.add(unit)
+                    closing.append({"unit": unit, "step": s.id, "status": states.FAILED, "detail": {"message": (result.error or result.status)[-2000:]}})
+                    self.report(Progress("step", run.id, states.FAILED, wave=pw.id, batch=batch.id, unit=unit, step=s.id, message=result.error[-300:]))
+        if closing:
+            self._write(lambda: self.journal.record_outcomes(run.id, [{**c, "wave": pw.id, "batch": batch.id} for c in closing]))
+        return failed
+
+    def _play_step(self, plan, pw, step: Step, units: list[str], *, undo: bool = False) -> PlayStep:  # noqa: ANN001
+        action = step.undo if undo else step.do
+        gates = () if undo else tuple(self._check_gate(g) for g in step.gates if g.kind in ("reconcile", "smoke"))
+        common = {"step": step.id, "units": tuple(units), "phase": states.UNDO if undo else states.DO, "timeout": pw.timeout_for(step), "gates": gates}
+        if action.kind == "playbook":
+            return PlayStep(playbook=self.root / "playbooks" / action.playbook, vars=dict(action.vars), **common)
+        if action.kind == "http":
+            return PlayStep(http=HttpCheck(**action.http.model_dump()), **common)
+        raise InvalidInput([Problem(str(plan.runbook.path), f"steps.{step.id}", f"a {action.kind} action cannot run inside a segment")])
+
+    def _check_gate(self, gate) -> CheckGate:  # noqa: ANN001
+        action = gate.reconcile if gate.kind == "reconcile" else gate.smoke
+        if action.kind == "playbook":
+            return CheckGate(gate.kind, playbook=self.root / "playbooks" / action.playbook, vars=dict(action.vars))
+        return CheckGate(gate.kind, http=HttpCheck(**action.http.model_dump()))
+
+    # --- undo ---------------------------------------------------------------------------------
+
+    def _undo(self, run: Run, plan, pw, batch, units: Sequence[str], state, *, label: str) -> None:  # noqa: ANN001
+        """Undo, in reverse step order, every step the units attempted; one invocation."""
+        wanted: dict[str, list[str]] = {}
+        for step in reversed(plan.steps):
+            if step.undo is None:
+                continue
+            who = [u for u in units if (u, step.id) in state and state[(u, step.id)].status in UNDO_CANDIDATES]
+            if who:
+                wanted[step.id] = who
+        if not wanted:
+            return
+        by_id = {s.id: s for s in plan.steps}
+        steps = [self._play_step(plan, pw, by_id[sid], who, undo=True) for sid, who in wanted.items()]
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for unit in units:
+            key = tuple(sid for sid, who in wanted.items() if unit in who)
+            if key:
+                groups.setdefault(key, []).append(unit)
+        for step_ids, group in groups.items():
+            self._write(lambda: self.journal.record_intent(run.id, wave=pw.id, batch=batch.id, units=group, steps=list(step_ids), phase=states.UNDO))
+        self.report(Progress("undo", run.id, states.UNDOING, wave=pw.id, batch=batch.id, message=f"{label}: {', '.join(sorted(set(units) & {u for w in wanted.values() for u in w}))}"))
+        failures: list[str] = []
+        reported: set[tuple[str, str]] = set()
+
+        def on_outcome(o: Outcome) -> None:
+            reported.add((o.unit, o.step))
+            self._write(lambda: self.journal.record_outcome(run.id, unit=o.unit, step=o.step, status=states.UNDONE if o.ok else states.UNDO_FAILED,
+                                                            wave=pw.id, batch=batch.id, detail={"message": o.message, "task": o.task}))
+            if not o.ok:
+                failures.append(f"{o.unit}/{o.step}: {o.message}")
+            self.report(Progress("undo", run.id, states.UNDONE if o.ok else states.UNDO_FAILED, wave=pw.id, batch=batch.id, unit=o.unit, step=o.step, message=o.message))
+
+        result = self._invoke(run, batch, "undo", steps, on_outcome)
+        if result.status == "canceled" or self.cancelled.is_set():
+            raise Interrupted(f"run {run.id} interrupted while undoing batch {batch.id}; `cutover resume {run.id}` or `cutover rollback` continues")
+        unreported = [(u, sid) for sid, who in wanted.items() for u in who if (u, sid) not in reported]
+        if unreported:
+            self._write(lambda: self.journal.record_outcomes(run.id, [{"unit": u, "step": sid, "status": states.UNDO_FAILED, "wave": pw.id, "batch": batch.id,
+                                                                      "detail": {"message": "not undone: " + (result.error or "the unit failed an earlier undo")[-2000:]}}
+                                                                     for u, sid in unreported]))
+            failures += [f"{u}/{sid}: not undone" for u, sid in unreported]
+        if failures:
+            self._status(run.id, states.ROLLBACK_FAILED, reason="; ".join(failures)[:2000])
+            raise RollbackFailed(f"run {run.id}: rollback failed in batch {batch.id}: {'; '.join(failures)[:500]}; a person must act, then `cutover rollback {run.id}`")
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _invoke(self, run: Run, batch, name: str, steps: list[PlayStep], on_outcome):  # noqa: ANN001, ANN202
+        n = 1
+        while (self.run_dir / batch.id / f"{name}-{n}").exists():
+            n += 1
+        private = self.run_dir / batch.id / f"{name}-{n}"
+        private.mkdir(parents=True)
+        write_inventory(self.dynamic_inventory, private / "inventory.json")
+        action = AnsibleAction(inventory=private / "inventory.json", strategy=self.action.strategy, check_mode=self.action.check_mode, forks=self.action.forks)
+        limit = sorted({u for s in steps for u in s.units})
+        self.invocations += 1
+        return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, cancel=self.cancelled.is_set)
+
+    def _journal_intent(self, run: Run, pw, batch, units: list[str], steps: list[str]) -> None:  # noqa: ANN001
+        self._write(lambda: self.journal.record_intent(run.id, wave=pw.id, batch=batch.id, units=units, steps=steps, phase=states.DO))
+
+    def _write(self, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.stats.writes += 1
+            self.stats.seconds += time.perf_counter() - started
+
+    def _status(self, run_id: str, status: str, *, reason: str | None = None, detail: dict | None = None) -> None:
+        current = self.journal.get_run(run_id, with_plan=False).status
+        if current == status and status != states.RUNNING:
+            return
+        self._write(lambda: self.journal.set_run_status(run_id, status, actor=self.actor, reason=reason, detail=detail))
+
+    def _checkpoint(self, run: Run) -> None:
+        """Between segments: still holding the lock, not aborted, not cancelled."""
+        self.lock.ensure_held()
+        if self.cancelled.is_set():
+            raise Interrupted(f"run {run.id} interrupted; `cutover resume {run.id}` continues")
+        if self.journal.get_run(run.id, with_plan=False).status == states.ABORTED:
+            raise Aborted(f"run {run.id} was aborted")
+
+    def _unit_out(self, run_id: str, state, unit: str) -> bool:  # noqa: ANN001
+        if any(s.status in OUT_STATUSES for (u, _), s in state.items() if u == unit):
+            return True
+        return unit in self._gate_failures(run_id)
+
+    def _gate_failures(self, run_id: str) -> set[str]:
+        return {g.unit for g in self.journal.gate_results(run_id) if g.status == states.FAILED and g.unit}
+
+    def _failed_units(self, run_id: str) -> set[str]:
+        state = self.journal.unit_step_state(run_id)
+        return {u for (u, _), s in state.items() if s.status in OUT_STATUSES} | self._gate_failures(run_id)
+
+    def _needs_undo(self, state, unit: str, plan) -> bool:  # noqa: ANN001
+        return any((unit, s.id) in state and state[(unit, s.id)].status in UNDO_CANDIDATES for s in plan.steps if s.undo is not None)
+
+    def _unit_finished(self, run_id: str, state, unit: str, plan) -> bool:  # noqa: ANN001
+        """All steps done, or out (failed) with nothing left to undo."""
+        if all(_done(state, unit, s.id) for s in plan.steps):
+            return True
+        return self._unit_out(run_id, state, unit) and not self._needs_undo(state, unit, plan)
+
+
+class _Rejected(Exception):
+    def __init__(self, gate: str, reason: str):
+        self.gate, self.reason = gate, reason
+
+
+def _done(state, unit: str, step: str) -> bool:  # noqa: ANN001
+    return (unit, step) in state and state[(unit, step)].status == states.DONE
+
+
+def _need_reason(reason: str | None) -> None:
+    if not reason or not reason.strip():
+        raise InvalidInput([Problem("--reason", "", "a non-empty reason is required")])
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def unit_status(steps: Iterable[str], state, unit: str, gate_failed: bool) -> str:  # noqa: ANN001
+    statuses = [state[(unit, s)].status if (unit, s) in state else None for s in steps]
+    if any(s in (states.UNDO_FAILED,) for s in statuses):
+        return "rollback_failed"
+    if any(s == states.UNDOING for s in statuses):
+        return "undoing"
+    if any(s == states.UNDONE for s in statuses):
+        return "rolled_back"
+    if any(s == states.FAILED for s in statuses) or gate_failed:
+        return "failed"
+    if statuses and all(s == states.DONE for s in statuses):
+        return "done"
+    if any(s is not None for s in statuses):
+        return "running" if any(s == states.STARTED for s in statuses) else "partial"
+    return "pending"
+
+
+def run_status(journal: Journal, run_id: str) -> dict[str, Any]:
+    """Progress of a run per wave, batch and unit, from its stored plan and the journal."""
+    run = journal.get_run(run_id)
+    plan = run.plan or {}
+    steps = [s["id"] for s in plan.get("steps", [])]
+    state = journal.unit_step_state(run_id)
+    gate_failed = {g.unit for g in journal.gate_results(run_id) if g.status == states.FAILED and g.unit}
+    waves = []
+    totals: dict[str, int] = {}
+    for w in plan.get("waves", []):
+        batches = []
+        for b in w.get("batches", []):
+            units = []
+            for u in b["units"]:
+                status = unit_status(steps, state, u, u in gate_failed)
+                totals[status] = totals.get(status, 0) + 1
+                units.append({"unit": u, "status": status, "steps": {s: state[(u, s)].status for s in steps if (u, s) in state}})
+            counts: dict[str, int] = {}
+            for u in units:
+                counts[u["status"]] = counts.get(u["status"], 0) + 1
+            batches.append({"id": b["id"], "units": units, "counts": counts})
+        waves.append({"id": w["id"], "batches": batches, "blocked": [x["code"] for x in w.get("blocked", [])]})
+    approvals = [a.as_dict() for a in journal.approvals(run_id)]
+    return {"run": run.as_dict() | {"plan": None}, "steps": steps, "totals": totals, "waves": waves, "approvals": approvals}
