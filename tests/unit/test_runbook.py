@@ -141,7 +141,7 @@ def test_unit_in_two_waves_lists_the_units(project_copy: Path, cli) -> None:  # 
     assert result.exit_code == 2
     line = next(x for x in result.stderr.splitlines() if "waves[1].select" in x)
     assert "already in wave 'pilot'" in line
-    for code in ("phuong-sai-gon", "phuong-ben-thanh", "phuong-thu-dau-mot", "phuong-di-an", "phuong-vung-tau", "phuong-ba-ria"):
+    for code in ("phuong-cho-lon", "phuong-gia-dinh", "phuong-thuan-an", "phuong-binh-duong", "phuong-vung-tau", "phuong-ba-ria"):
         assert code in line
     assert "6 unit(s)" in line
 
