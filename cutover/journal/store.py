@@ -95,6 +95,12 @@ class Tx:
             self.cursor.execute(sql)
         return self.cursor
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        if rows:
+            self.cursor.executemany(sql, [tuple(r) for r in rows])
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         return self.execute(sql, params).fetchone()
 
@@ -277,21 +283,41 @@ class Journal(ABC):
                       phase: str = states.DO) -> Intent:
         """Before a segment runs: open one attempt per (unit, step), all in one transaction.
 
-        Step status becomes `started` (do) or `undoing` (undo); illegal moves (e.g. `done` ->
-        `started`... is allowed, `undone` -> `undoing` is allowed, `pending` -> `undoing` too;
-        see states.STEP_TRANSITIONS) raise `IllegalTransition` and nothing is written.
+        Step status becomes `started` (do) or `undoing` (undo). Every move is checked against
+        states.STEP_TRANSITIONS first (e.g. `undo_failed` -> `started` is refused); if any is
+        illegal, `IllegalTransition` is raised and nothing at all is written.
         """
         if phase not in states.PHASES:
             raise ValueError(f"phase must be one of {states.PHASES}, not {phase!r}")
         start = START_OF_PHASE[phase]
         now = utcnow()
+        units, steps = list(dict.fromkeys(units)), list(dict.fromkeys(steps))
         with self._tx() as tx:
             self._require_run(tx, run_id)
-            intent_id = self._insert(tx, "INSERT INTO intents (run_id, wave, batch, phase, units, steps, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (run_id, wave, batch, phase, self._json(list(units)), self._json(list(steps)), self._ts(now)))
-            for unit in units:
+            current: dict[tuple[str, str], str] = {}
+            numbers: dict[tuple[str, str], int] = {}
+            for chunk in _chunks(units, 500):
+                marks = ", ".join("?" * len(chunk))
+                for unit, step, status in tx.all(f"SELECT unit, step, status FROM unit_steps WHERE run_id = ? AND unit IN ({marks})", (run_id, *chunk)):
+                    current[(unit, step)] = status
+                for unit, step, number in tx.all(f"SELECT unit, step, MAX(attempt) FROM attempts WHERE run_id = ? AND phase = ?"
+                                                 f" AND unit IN ({marks}) GROUP BY unit, step", (run_id, phase, *chunk)):
+                    numbers[(unit, step)] = int(number)
+            for unit in units:  # validate everything before writing anything
                 for step in steps:
-                    self._open_attempt(tx, run_id, wave, batch, unit, step, phase, start, now, intent_id)
+                    states.transition("step", current.get((unit, step)), start, f"{run_id} unit {unit} step {step}")
+            intent_id = self._insert(tx, "INSERT INTO intents (run_id, wave, batch, phase, units, steps, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (run_id, wave, batch, phase, self._json(units), self._json(steps), self._ts(now)))
+            ts = self._ts(now)
+            pairs = [(u, s, numbers.get((u, s), 0) + 1) for u in units for s in steps]
+            tx.executemany("INSERT INTO attempts (run_id, wave, batch, unit, step, phase, attempt, status, started_at, intent_id)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(run_id, wave, batch, u, s, phase, n, start, ts, intent_id) for u, s, n in pairs])
+            tx.executemany("INSERT INTO unit_steps (run_id, wave, batch, unit, step, status, phase, attempts, updated_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, unit, step) DO UPDATE SET"
+                           " wave = excluded.wave, batch = excluded.batch, status = excluded.status, phase = excluded.phase,"
+                           " attempts = excluded.attempts, updated_at = excluded.updated_at",
+                           [(run_id, wave, batch, u, s, start, phase, n, ts) for u, s, n in pairs])
         return Intent(intent_id, run_id, wave, batch, phase, list(units), list(steps), now)
 
     def record_outcome(self, run_id: str, *, unit: str, step: str, status: str, phase: str | None = None,
@@ -496,32 +522,35 @@ class Journal(ABC):
         if status not in PHASE_OF_STATUS:  # pending or an unknown word: not something an event reports
             raise states.IllegalTransition("step", None, status, subject + f" (not an outcome; outcomes: {', '.join(PHASE_OF_STATUS)})")
         phase = phase or PHASE_OF_STATUS[status]
-        row = tx.one(f"SELECT {STEP_COLUMNS} FROM unit_steps WHERE run_id = ? AND unit = ? AND step = ?", (run_id, unit, step))
+        row = tx.one(
+            "SELECT s.status, s.wave, s.batch, a.id, a.status FROM unit_steps s LEFT JOIN attempts a ON a.id ="
+            " (SELECT MAX(id) FROM attempts WHERE run_id = s.run_id AND unit = s.unit AND step = s.step AND phase = ? AND ended_at IS NULL)"
+            " WHERE s.run_id = ? AND s.unit = ? AND s.step = ?", (phase, run_id, unit, step))
         if row is None:
             self._require_run(tx, run_id)
-        old = row[5] if row else None
+        old = row[0] if row else None
         wave = wave if wave is not None else (row[1] if row else "")
         batch = batch if batch is not None else (row[2] if row else "")
-        open_attempt = tx.one("SELECT id, status FROM attempts WHERE run_id = ? AND unit = ? AND step = ? AND phase = ?"
-                              " AND ended_at IS NULL ORDER BY attempt DESC LIMIT 1", (run_id, unit, step, phase))
+        open_attempt = (row[3], row[4]) if row and row[3] is not None else None
         if status == START_OF_PHASE.get(phase):
             if open_attempt is None or old != status:
                 self._open_attempt(tx, run_id, wave, batch, unit, step, phase, status, now, None)
+            return self._step(tx.one(f"SELECT {STEP_COLUMNS} FROM unit_steps WHERE run_id = ? AND unit = ? AND step = ?", (run_id, unit, step)))
+        states.transition("step", old, status, subject)
+        if open_attempt is not None:
+            states.transition("attempt", open_attempt[1], status, subject)
+            tx.execute("UPDATE attempts SET status = ?, ended_at = ?, detail = ?, evidence_digest = ? WHERE id = ?",
+                       (status, self._ts(now), self._json(redact(dict(detail))) if detail is not None else None, evidence_digest, open_attempt[0]))
+        elif status != states.SKIPPED:
+            raise states.IllegalTransition("attempt", None, status, subject + " (no intent recorded)")
+        if row is None:
+            result = tx.one("INSERT INTO unit_steps (run_id, wave, batch, unit, step, status, phase, attempts, updated_at)"
+                            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {STEP_COLUMNS}",
+                            (run_id, wave, batch, unit, step, status, phase, 0, self._ts(now)))
         else:
-            states.transition("step", old, status, subject)
-            if open_attempt is not None:
-                states.transition("attempt", open_attempt[1], status, subject)
-                tx.execute("UPDATE attempts SET status = ?, ended_at = ?, detail = ?, evidence_digest = ? WHERE id = ?",
-                           (status, self._ts(now), self._json(redact(dict(detail))) if detail is not None else None, evidence_digest, open_attempt[0]))
-            elif status != states.SKIPPED:
-                raise states.IllegalTransition("attempt", None, status, subject + " (no intent recorded)")
-            if row is None:
-                tx.execute("INSERT INTO unit_steps (run_id, wave, batch, unit, step, status, phase, attempts, updated_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, wave, batch, unit, step, status, phase, 0, self._ts(now)))
-            else:
-                tx.execute("UPDATE unit_steps SET status = ?, phase = ?, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?",
-                           (status, phase, self._ts(now), run_id, unit, step))
-        return self._step(tx.one(f"SELECT {STEP_COLUMNS} FROM unit_steps WHERE run_id = ? AND unit = ? AND step = ?", (run_id, unit, step)))
+            result = tx.one("UPDATE unit_steps SET status = ?, phase = ?, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?"
+                            f" RETURNING {STEP_COLUMNS}", (status, phase, self._ts(now), run_id, unit, step))
+        return self._step(result)
 
     def _latest_approval(self, tx: Tx, run_id: str, gate: str) -> Approval | None:
         row = tx.one(f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND gate = ? ORDER BY id DESC LIMIT 1", (run_id, gate))
@@ -555,6 +584,11 @@ class Journal(ABC):
     def _holder(self, r: tuple) -> LockHolder:
         return LockHolder(runbook=r[0], env=r[1], actor=r[2], host=r[3], pid=int(r[4]), since=self._unts(r[5]),
                           heartbeat_at=self._unts(r[6]), run_id=r[7], token=r[8], pid_start=r[9])
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _require_reason(reason: str | None, option: str) -> str:

@@ -284,33 +284,37 @@ LOCKER = textwrap.dedent("""
     import json, os, sys, time
     from cutover.errors import LockHeld
     from cutover.journal import open_journal
-    url, actor, hold, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    url, actor, hold, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     journal = open_journal(url)
     while time.time() < start_at:
         time.sleep(0.001)
     try:
         with journal.lock("docs", "lab", actor=actor, heartbeat=0.2) as lock:
             print(json.dumps({"actor": actor, "result": "acquired", "pid": os.getpid()}), flush=True)
-            time.sleep(hold)
+            if hold == "stdin":
+                sys.stdin.readline()  # hold until the test says so
+            else:
+                time.sleep(float(hold))
     except LockHeld as exc:
         print(json.dumps({"actor": actor, "result": "held", "message": str(exc)}), flush=True)
         sys.exit(3)
 """)
 
 
-def start_locker(url: str, actor: str, hold: float, start_at: float = 0.0) -> subprocess.Popen:
+def start_locker(url: str, actor: str, hold: float | str, start_at: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", LOCKER, url, actor, str(hold), str(start_at)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_processes_race_for_the_lock_exactly_one_wins(journal_url: str) -> None:
     open_journal(journal_url).close()  # migrate first, so the race is only about the lock
-    start_at = time.time() + 1.5
-    procs = {actor: start_locker(journal_url, actor, hold=2.0, start_at=start_at) for actor in ("alice", "bob")}
+    start_at = time.time() + 2.0  # both wait for the same instant, then try
+    procs = {actor: start_locker(journal_url, actor, hold="stdin", start_at=start_at) for actor in ("alice", "bob")}
+    lines = {actor: proc.stdout.readline() for actor, proc in procs.items()}  # the winner keeps holding meanwhile
     results = {}
     for actor, proc in procs.items():
-        out, err = proc.communicate(timeout=60)
-        results[actor] = (proc.returncode, json.loads(out.strip().splitlines()[-1]) if out.strip() else err)
+        out, err = proc.communicate(input="release\n", timeout=60)
+        results[actor] = (proc.returncode, json.loads(lines[actor]) if lines[actor].strip() else err)
     outcomes = sorted(r[1]["result"] for r in results.values())
     assert outcomes == ["acquired", "held"], results
     (winner,) = [a for a, r in results.items() if r[1]["result"] == "acquired"]
