@@ -41,11 +41,11 @@ from cutover.journal.records import (
     UnitStepState,
     redact,
 )
-from cutover.journal.store import Journal, UnknownRun, redact_url
+from cutover.journal.store import Journal, JournalUnavailable, UnknownRun, redact_url
 
 __all__ = [
     "DEFAULT_LEASE", "REDACTED", "Approval", "Attempt", "Event", "GateResult", "Intent", "Journal", "LockHolder", "Run",
-    "RunLock", "UnitStepState", "UnknownRun", "advisory_key", "holder_is_stale", "open_journal", "process_alive", "redact",
+    "JournalUnavailable", "RunLock", "UnitStepState", "UnknownRun", "advisory_key", "holder_is_stale", "open_journal", "process_alive", "redact",
     "redact_url", "unlock",
 ]
 

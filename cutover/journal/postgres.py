@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from cutover.errors import InvalidInput, Problem
 from cutover.journal.lock import LockRequest, advisory_key, lock_held_error, process_alive, this_host
 from cutover.journal.records import LockHolder, utcnow
-from cutover.journal.store import LOCK_COLUMNS, Journal, Tx, _require_reason, dumps, redact_url
+from cutover.journal.store import LOCK_COLUMNS, Journal, JournalUnavailable, Tx, _require_reason, dumps, redact_url
 
 MIGRATION_LOCK_KEY = 0x637574_6F766572  # "cutover": serialises concurrent migrators
 
@@ -159,8 +159,11 @@ class PostgresJournal(Journal):
     def _transaction(self, write: bool) -> Iterator[Any]:
         if self._conn is None:
             raise RuntimeError("journal is closed")
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            yield cur
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            raise JournalUnavailable(f"journal {redact_url(self.url)}: {str(exc).strip()}") from exc
 
     def _guard_migrations(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
@@ -185,6 +188,10 @@ class PostgresJournal(Journal):
         key = advisory_key(request.runbook, request.env)
         conn = connect(self.url)
         try:
+            # the server drops the session of a holder whose host vanished within ~25 s,
+            # freeing the advisory lock (TCP keepalives; ignored on unix sockets)
+            for setting, value in (("tcp_keepalives_idle", 10), ("tcp_keepalives_interval", 5), ("tcp_keepalives_count", 3)):
+                conn.execute(f"SET {setting} = {value}")
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
             if not got:
                 raise lock_held_error(request.runbook, request.env, self.lock_holder(request.runbook, request.env))

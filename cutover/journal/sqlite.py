@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 from cutover.errors import InvalidInput, Problem
 from cutover.journal.lock import LockRequest, holder_is_stale, lock_held_error
 from cutover.journal.records import LockHolder, utcnow
-from cutover.journal.store import LOCK_COLUMNS, Journal, Tx, _require_reason, dumps
+from cutover.journal.store import LOCK_COLUMNS, Journal, JournalUnavailable, Tx, _require_reason, dumps
 
 # Ordered; version N is MIGRATIONS[N-1]. Append new lists, never edit applied ones.
 MIGRATIONS: list[list[str]] = [
@@ -187,7 +187,13 @@ class SqliteJournal(Journal):
         if self._conn is None:
             raise RuntimeError("journal is closed")
         cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            cur.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise JournalUnavailable(f"journal {self.path} stayed locked for {self.busy_timeout_ms} ms: {exc}") from exc
+            raise
         try:
             yield cur
         except BaseException:

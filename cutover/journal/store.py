@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from cutover import states
-from cutover.errors import InvalidInput, Problem
+from cutover.errors import CutoverError, InvalidInput, Problem
 from cutover.journal.lock import DEFAULT_LEASE, Lease, LockRequest, RunLock, this_host
 from cutover.journal.records import (
     Approval,
@@ -53,6 +53,13 @@ from cutover.journal.records import (
     redact,
     utcnow,
 )
+
+
+class JournalUnavailable(CutoverError):
+    """The journal's database cannot be reached or stayed locked past the busy timeout (exit 1)."""
+
+    exit_code = 1
+    status = "failed"
 
 
 class UnknownRun(InvalidInput):

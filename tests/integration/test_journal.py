@@ -414,3 +414,25 @@ def test_unlock_breaks_the_lock_of_a_dead_holder(journal_url: str) -> None:
         assert journal.lock_holder("docs", "lab") is None
         (event,) = journal.events(kind="lock.broken")
         assert event.data["stale"] is True and event.data["reason"] == "alice's run was killed by the OOM killer"
+
+
+def test_postgres_going_away_is_reported_and_the_lease_is_lost() -> None:
+    from pg import LocalPostgres, MISSING_REASON, find_binaries
+
+    from cutover.journal import JournalUnavailable
+
+    if find_binaries() is None:
+        pytest.skip(MISSING_REASON)
+    with LocalPostgres() as pg:
+        journal = open_journal(pg.create_database())
+        lock = journal.lock("docs", "lab", actor="alice", heartbeat=0.05).acquire()
+        pg.stop()
+        deadline = time.monotonic() + 10
+        while not lock.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lock.lost.is_set()
+        with pytest.raises(JournalUnavailable) as caught:
+            journal.runs()
+        assert caught.value.exit_code == 1 and "postgresql://postgres@127.0.0.1" in str(caught.value)
+        lock.release()
+        journal.close()

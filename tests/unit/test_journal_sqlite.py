@@ -173,3 +173,22 @@ def test_advisory_key_is_stable_signed_64_bit() -> None:
     key = advisory_key("docs", "lab")
     assert key == advisory_key("docs", "lab") != advisory_key("docs", "production")
     assert -(2**63) <= key < 2**63
+
+
+def test_a_journal_locked_past_the_busy_timeout_is_unavailable(db: Path) -> None:
+    import sqlite3
+
+    from cutover.journal import JournalUnavailable
+
+    with open_journal(f"sqlite:///{db}?busy_timeout=100") as journal:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(JournalUnavailable, match="stayed locked for 100 ms") as caught:
+                journal.create_run(runbook="docs", env="lab", plan_hash="h", plan={}, started_by="alice")
+            assert caught.value.exit_code == 1
+            assert journal.runs() == []  # reads go on under WAL
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        journal.create_run(runbook="docs", env="lab", plan_hash="h", plan={}, started_by="alice")
