@@ -372,11 +372,11 @@ class Conductor:
                 segment = segment[1:]
                 if not segment:
                     continue
-            newly_failed = self._run_segment(run, plan, pw, batch, index, segment, alive, state)
-            state = self.journal.unit_step_state(run.id)
-            failed |= newly_failed
             limit = min([tolerated] + [resolve_share(g.failure_threshold, len(units), round_up=False)
                                        for s in seen_steps for g in s.gates if g.kind == "failure_threshold"])
+            newly_failed = self._run_segment(run, plan, pw, batch, index, segment, alive, state, budget=limit - len(failed))
+            state = self.journal.unit_step_state(run.id)
+            failed |= newly_failed
             if len(failed) > limit:
                 self._past_threshold(run, plan, pw, batch, units, state, failed, limit)
             if newly_failed:
@@ -413,7 +413,8 @@ class Conductor:
 
     # --- a segment ----------------------------------------------------------------------------
 
-    def _run_segment(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state) -> set[str]:  # noqa: ANN001
+    def _run_segment(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state, *, budget: int) -> set[str]:  # noqa: ANN001
+        """Run the segment for the alive units; stop it early once more than `budget` of them failed."""
         todo = {s.id: [u for u in alive if not _done(state, u, s.id)] for s in segment}
         if not any(todo.values()):
             return set()
@@ -447,7 +448,15 @@ class Conductor:
             self.report(Progress("gate" if o.gate else "step", run.id, (states.PASSED if o.gate else states.DONE) if o.ok else states.FAILED,
                                  wave=pw.id, batch=batch.id, unit=o.unit, step=o.step if not o.gate else f"{o.step}/{o.gate}", message=o.message))
 
-        result = self._invoke(run, batch, f"s{index}", steps, on_outcome)
+        result = self._invoke(run, batch, f"s{index}", steps, on_outcome, failure_budget=budget)
+        if result.stopped:
+            # stopped on purpose at a step boundary: every step before it was reported, none after it ran
+            closing = [{"unit": u, "step": s.id, "status": states.SKIPPED,
+                        "detail": {"message": "not reached: the unit failed earlier" if u in failed else "not reached: the batch passed its failure threshold"}}
+                       for s in segment for u in todo[s.id] if (u, s.id) not in reported]
+            if closing:
+                self._write(lambda: self.journal.record_outcomes(run.id, [{**c, "wave": pw.id, "batch": batch.id} for c in closing]))
+            return failed
         if result.status == "canceled" or self.cancelled.is_set():
             raise Interrupted(f"run {run.id} interrupted during batch {batch.id}; `cutover resume {run.id}` continues (the interrupted steps run again)")
         closing = []
@@ -530,7 +539,7 @@ class Conductor:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _invoke(self, run: Run, batch, name: str, steps: list[PlayStep], on_outcome):  # noqa: ANN001, ANN202
+    def _invoke(self, run: Run, batch, name: str, steps: list[PlayStep], on_outcome, failure_budget: int | None = None):  # noqa: ANN001, ANN202
         n = 1
         while (self.run_dir / batch.id / f"{name}-{n}").exists():
             n += 1
@@ -540,7 +549,8 @@ class Conductor:
         action = AnsibleAction(inventory=private / "inventory.json", strategy=self.action.strategy, check_mode=self.action.check_mode, forks=self.action.forks)
         limit = sorted({u for s in steps for u in s.units})
         self.invocations += 1
-        return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, cancel=self.cancelled.is_set)
+        return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, cancel=self.cancelled.is_set,
+                          failure_budget=failure_budget)
 
     def _journal_intent(self, run: Run, pw, batch, units: list[str], steps: list[str]) -> None:  # noqa: ANN001
         self._write(lambda: self.journal.record_intent(run.id, wave=pw.id, batch=batch.id, units=units, steps=steps, phase=states.DO))

@@ -101,6 +101,7 @@ class InvocationResult:
     artifact_dir: Path
     elapsed: float
     error: str = ""
+    stopped: bool = False  # ended early on purpose: more units failed than the failure budget
 
     def failed_units(self) -> set[str]:
         return {o.unit for o in self.outcomes if not o.ok}
@@ -176,8 +177,22 @@ def write_inventory(dynamic: Mapping[str, Any], path: Path) -> Path:
 # --- the generated playbook -----------------------------------------------------------------
 
 
-def _marker(name: str) -> dict[str, Any]:
-    return {"name": name, "hosts": "all", "gather_facts": False, "tasks": []}
+STOP_TASK = "cutover stop: past the batch's failure threshold"
+
+
+def _marker(name: str, failure_budget: int | None = None) -> dict[str, Any]:
+    """A play that announces the next part; with a budget it first stops the whole invocation
+    (every host fails, Ansible ends the playbook) once more units failed than the budget."""
+    tasks: list[dict[str, Any]] = []
+    if failure_budget is not None:
+        tasks.append({
+            "name": STOP_TASK,
+            "ansible.builtin.fail": {"msg": f"more than {failure_budget} unit(s) failed in this invocation"},
+            "when": f"(ansible_play_hosts_all | difference(ansible_play_hosts) | length) > {int(failure_budget)}",
+            "run_once": True,
+            "any_errors_fatal": True,
+        })
+    return {"name": name, "hosts": "all", "gather_facts": False, "tasks": tasks}
 
 
 def _step_plays(body_vars: Mapping[str, Any], units: Sequence[str], playbook: Path | None, http: HttpCheck | None, label: str) -> list[dict[str, Any]]:
@@ -194,12 +209,15 @@ def _step_plays(body_vars: Mapping[str, Any], units: Sequence[str], playbook: Pa
     }]
 
 
-def compose_playbook(steps: Sequence[PlayStep]) -> list[dict[str, Any]]:
+def compose_playbook(steps: Sequence[PlayStep], failure_budget: int | None = None) -> list[dict[str, Any]]:
+    """One play per step (after its marker play), its check gates as following plays on the
+    same hosts; with `failure_budget`, every step after the first starts by stopping the
+    invocation if more units than that failed so far."""
     plays: list[dict[str, Any]] = []
-    for step in steps:
+    for n, step in enumerate(steps):
         base = {**step.vars, "cutover_step": step.step, "cutover_phase": step.phase}
         label = f"cutover {step.phase} {step.step}"
-        plays.append(_marker(label))
+        plays.append(_marker(label, failure_budget if n else None))
         plays += _step_plays(base, step.units, step.playbook, step.http, label)
         for gate in step.gates:
             gate_label = f"cutover gate {step.step} {gate.name}"
@@ -221,6 +239,7 @@ class _EventReader:
         self.alive: set[str] = {u for s in steps for u in s.units}
         self.outcomes: list[Outcome] = []
         self.finished = False
+        self.stopped = False
         self._current: tuple[str, str, str | None] | None = None
         self._reset()
 
@@ -261,15 +280,20 @@ class _EventReader:
         data = event.get("event_data") or {}
         if kind == "playbook_on_play_start":
             match = _MARKER.match(str(data.get("play") or data.get("name") or ""))
-            if match or data.get("play") == "cutover end":
+            if (match or data.get("play") == "cutover end") and not self.stopped:
                 self._close()
             if match:
                 gate = match["gate"] if match["phase"] == GATE else None
                 phase = self._gate_phase(match["step"]) if gate else match["phase"]
                 self._current = (phase, match["step"], gate)
         elif kind == "playbook_on_stats":
-            self._close()
+            if not self.stopped:
+                self._close()
             self.finished = True
+        elif kind == "runner_on_failed" and data.get("task") == STOP_TASK:
+            self.stopped = True
+        elif self.stopped:
+            return True
         elif self._current is not None and kind in ("runner_on_start", "runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
             unit = data.get("host")
             if unit not in self.alive or unit not in self._units():
@@ -318,7 +342,7 @@ class AnsibleAction:
     startup_margin: float = 120.0
 
     def run(self, steps: Sequence[PlayStep], *, private_data_dir: Path, limit: Sequence[str], on_outcome: Callable[[Outcome], None] = lambda o: None,
-            cancel: Callable[[], bool] | None = None, timeout: float | None = None) -> InvocationResult:
+            cancel: Callable[[], bool] | None = None, timeout: float | None = None, failure_budget: int | None = None) -> InvocationResult:
         from ansible_runner.config.runner import RunnerConfig
         from ansible_runner.runner import Runner
 
@@ -327,7 +351,7 @@ class AnsibleAction:
             shutil.rmtree(private_data_dir)  # fresh, always (a re-run after a crash starts clean)
         private_data_dir.mkdir(parents=True, mode=0o700)
         playbook = private_data_dir / "segment.yml"
-        playbook.write_text("# Purpose: one batch's segment, generated by cutover\n" + yaml.safe_dump(compose_playbook(steps), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        playbook.write_text("# Purpose: one batch's segment, generated by cutover\n" + yaml.safe_dump(compose_playbook(steps, failure_budget), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
         step_timeouts = [s.timeout for s in steps if s.timeout]
         envvars = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_DEPRECATION_WARNINGS": "False", "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_PYTHON_INTERPRETER": "auto_silent"}
@@ -359,9 +383,9 @@ class AnsibleAction:
         finally:
             scrub_artifacts(Path(config.artifact_dir), config.command, config.cwd)
         error = ""
-        if not reader.finished:
+        if not reader.finished and not reader.stopped:
             error = _stdout_tail(Path(config.artifact_dir)) or f"ansible-runner {runner.status}"
-        return InvocationResult(runner.status, runner.rc, reader.finished, reader.outcomes, Path(config.artifact_dir), time.monotonic() - started, error)
+        return InvocationResult(runner.status, runner.rc, reader.finished, reader.outcomes, Path(config.artifact_dir), time.monotonic() - started, error, reader.stopped)
 
 
 def scrub_artifacts(artifact_dir: Path, command: Sequence[str], cwd: str) -> None:
