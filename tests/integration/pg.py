@@ -75,8 +75,12 @@ class LocalPostgres:
         self.folder = Path(tempfile.mkdtemp(prefix="cutover-pg-"))
         os.chmod(self.folder, 0o755)
         self.socket_dir.mkdir()
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
+        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the `postgres` user
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root, but there is no `postgres` user to run initdb/pg_ctl as "
+                                   "(the Debian postgresql package creates it)") from None
             for path in (self.folder, self.socket_dir):
                 os.chown(path, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
