@@ -230,7 +230,10 @@ def render_program(program: Callable[[], Any], *, env: str, config: StackConfig 
     started = time.perf_counter()
 
     async def run() -> None:
-        # Config and mocks live in context variables: set them inside the running loop.
+        # Config and mocks live in context variables: set them inside the running loop. The
+        # set of pending outputs is shared with the caller's context unless replaced here: a
+        # run that failed would leave its dead tasks in it and hang every later run.
+        pulumi.runtime.settings.SETTINGS.outputs = set()
         pulumi.runtime.set_all_config(values, secret_keys)
         pulumi.runtime.set_mocks(_mocks(recorder), project=project, stack=env, preview=False)
         program()
@@ -260,11 +263,22 @@ def render(root: Path, env: str, overrides: dict[str, Any] | None = None) -> Ren
 
     def program() -> None:
         # The program imports its components as the engine would run it: from its own folder.
-        if str(program_dir) not in sys.path:
-            sys.path.insert(0, str(program_dir))
+        _import_from(program_dir)
         runpy.run_path(str(main), run_name="__main__")
 
     return render_program(program, env=env, config=config)
+
+
+def _import_from(program_dir: Path) -> None:
+    """Make `components` resolve to `program_dir`'s, even after another project's was imported."""
+    loaded = sys.modules.get("components")
+    origin = Path(getattr(loaded, "__file__", "") or "").resolve().parent.parent if loaded else None
+    if loaded is not None and origin != program_dir.resolve():
+        for name in [n for n in sys.modules if n == "components" or n.startswith("components.")]:
+            del sys.modules[name]
+    for entry in [p for p in sys.path if (Path(p) / "components" / "__init__.py").is_file() and (Path(p) / "Pulumi.yaml").is_file()]:
+        sys.path.remove(entry)
+    sys.path.insert(0, str(program_dir))
 
 
 _KIND_ORDER = {k: i for i, k in enumerate(["Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy", "Secret", "ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress"])}
@@ -699,7 +713,8 @@ class _engine_errors:
         if isinstance(exc, auto.ConcurrentUpdateError):
             raise LockHeld(f"stack {self.env} is being updated by another run: wait for it, or `pulumi cancel` it if it died") from exc
         if isinstance(exc, auto.CommandError):
-            tail = [line for line in str(getattr(exc, "stderr", "") or exc).splitlines() if line.strip()][-3:]
+            stderr = str(exc).split(" stderr: ", 1)[-1]  # str(CommandResult): code, stdout, stderr
+            tail = [line.strip() for line in stderr.splitlines() if line.strip()][-3:]
             raise RunFailed(f"pulumi failed on stack {self.env}: {' / '.join(tail) or exc}") from exc
         return False
 
