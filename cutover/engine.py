@@ -263,6 +263,17 @@ class Conductor:
                                     check_mode=bool(run.params.get("dry_run")), forks=self.options.forks)
 
     def _conduct(self, run: Run, plan, lock) -> Run:  # noqa: ANN001
+        try:
+            return self._conduct_waves(run, plan, lock)
+        except Interrupted:
+            self._status(run.id, states.PAUSED, reason="interrupted (SIGINT/SIGTERM)")
+            raise
+        except _Rejected as rejected:
+            why = f"approval {rejected.gate} rejected: {rejected.reason}"
+            self._status(run.id, states.FAILED, reason=why)
+            raise RunFailed(f"run {run.id} stopped: {why}; what earlier waves did stays (`cutover rollback {run.id} --wave W --reason ...` undoes it)") from None
+
+    def _conduct_waves(self, run: Run, plan, lock) -> Run:  # noqa: ANN001
         self._prepare(run, lock)
         params = run.params
         self._status(run.id, states.RUNNING)

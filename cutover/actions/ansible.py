@@ -44,6 +44,9 @@ STRATEGIES = ("mitogen", "linear")
 
 # Non-secret variables of the caller's environment the child may see (nothing else is passed).
 PASSTHROUGH = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SSH_AUTH_SOCK", "ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS")
+# Runs ansible-playbook with PR_SET_PDEATHSIG=SIGKILL: if the conductor dies (even by SIGKILL),
+# its invocation dies with it instead of running on unobserved.
+DIE_WITH_PARENT = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.getppid() == 1 and sys.exit(137); os.execvp(sys.argv[1], sys.argv[1:])"
 _MARKER = re.compile(r"^cutover (?P<phase>do|undo|gate) (?P<step>\S+)(?: (?P<gate>\S+))?$")
 _EVIDENCE_LIMIT = 2000
 
@@ -375,6 +378,7 @@ class AnsibleAction:
         )
         config.prepare()
         config.env = child_environment(config.env, envvars)
+        config.command = [sys.executable, "-c", DIE_WITH_PARENT, *config.command]
         reader = _EventReader(steps, on_outcome)
         runner = Runner(config, event_handler=reader, cancel_callback=cancel or (lambda: False))
         started = time.monotonic()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "engine"))
-from engine_project import fail, make_project, side_effects  # noqa: E402
+from engine_project import cutover, fail, make_project, side_effects  # noqa: E402
 
 from cutover.actions.ansible import resolve_strategy  # noqa: E402
 from cutover.journal import open_journal  # noqa: E402
@@ -194,3 +194,16 @@ def test_abort_and_unlock_need_reasons(cli, root: Path) -> None:
     assert cli("--actor", "alice", "resume", run_id, "--non-interactive", root=root).exit_code == 2
     unlocked = cli("--actor", "alice", "unlock", "--runbook", "engine-window", "--reason", "stale", root=root)
     assert unlocked.exit_code == 0 and "was not held" in unlocked.output
+
+
+def test_no_environment_value_reaches_the_work_dir(root: Path) -> None:
+    """A canary secret in the conductor's environment appears nowhere under .cutover/ (journal, artifacts)."""
+    canary = "canary-7d2c9a41-never-on-disk"
+    fail(root, "do-switch", "xa-long-dien")  # an undo invocation too
+    result = cutover(root, "run", "engine", "--wave", "pilot", "--non-interactive", "--strategy", "linear",
+                     env={"CUTOVER_DB_PASSWORD": canary, "ANSIBLE_BECOME_PASSWORD": canary, "SOME_TOKEN": canary})
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = [p for p in (root / ".cutover").rglob("*") if p.is_file()]
+    assert any(p.name == "state.db" for p in files) and any(p.name == "command" for p in files)
+    assert len([p for p in files if "job_events" in p.parts]) > 20
+    assert [p for p in files if canary.encode() in p.read_bytes()] == []
