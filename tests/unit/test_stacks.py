@@ -512,3 +512,26 @@ def test_engine_overrides_go_to_a_config_file_under_the_work_dir(tmp_path):
     assert data["config"]["cutover-platform:units"] == {"docs": ["phuong-sai-gon"]}
     assert data["config"]["cutover-platform:host"] == "nentang.lab.invalid"
     assert Engine(root=ROOT, env="lab", work_dir=tmp_path)._config_file() is None
+
+
+# --- CI templates ----------------------------------------------------------------------------
+
+
+def test_ci_templates_check_preview_and_publish_on_review_and_up_on_main():
+    gh = yaml.safe_load((ROOT / "ci" / "github-actions.yml").read_text(encoding="utf-8"))
+    triggers = gh[True]  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"pull_request", "push"} and triggers["push"]["branches"] == ["main"]
+    runs = {job: " ".join(step.get("run", "") for step in spec["steps"]) for job, spec in gh["jobs"].items()}
+    assert "stack check" in runs["check"] and "--out manifests/" in runs["check"]
+    assert any(step.get("uses", "").startswith("actions/upload-artifact") and step["with"]["path"] == "manifests/" for step in gh["jobs"]["check"]["steps"])
+    assert "stack preview" in runs["preview"] and gh["jobs"]["preview"]["if"] == "github.event_name == 'pull_request'"
+    assert "stack up" in runs["up"] and "refs/heads/main" in gh["jobs"]["up"]["if"]
+
+    gl = yaml.safe_load((ROOT / "ci" / "gitlab-ci.yml").read_text(encoding="utf-8"))
+    script = lambda job: " ".join(gl[job]["script"])  # noqa: E731
+    conditions = lambda job: [r["if"] for r in gl[job]["rules"]]  # noqa: E731
+    assert "stack check" in script("stack:check") and gl["stack:check"]["artifacts"]["paths"] == ["manifests/"]
+    assert '$CI_PIPELINE_SOURCE == "merge_request_event"' in conditions("stack:check")
+    assert "stack preview" in script("stack:preview") and conditions("stack:preview") == ['$CI_PIPELINE_SOURCE == "merge_request_event"']
+    assert "stack up" in script("stack:up") and conditions("stack:up") == ["$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"]
+    assert gl["stack:up"]["resource_group"] == "stack-production"
