@@ -64,6 +64,8 @@ def render_error(exc: CutoverError, session: Session | None) -> None:
         payload = {"error": {"status": exc.status, "exit_code": exc.exit_code, "message": str(exc)}}
         if problems:
             payload["error"]["problems"] = [p.as_dict() for p in problems]
+        if getattr(exc, "detail", None):
+            payload["error"]["detail"] = exc.detail
         click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
     if isinstance(exc, InvalidInput) and len(exc.problems) > 1:
         click.echo(f"error: {len(exc.problems)} problems:", err=True)
@@ -90,3 +92,5 @@ def main(ctx: click.Context, env: str, state: str | None, actor: str | None, out
     5 rollback failed, a person must act; 6 audit verification failed.
     """
     ctx.obj = Session.create(env=env, state=state, actor=resolve_actor(actor), output=output, root=root, debug=debug)
+    if ctx.invoked_subcommand and not ctx.resilient_parsing:
+        ctx.obj.start_audit(["cutover", *sys.argv[1:]])

@@ -71,6 +71,24 @@ class Session:
         """`.cutover/` under the project: the default journal, runs' artifacts, the lab."""
         return self.root / ".cutover"
 
+    def checkpoint_paths(self) -> list[Path]:
+        """Where the audit chain's head is kept outside the journal: one file per journal,
+        and one in each run's artifacts folder."""
+        import hashlib
+
+        from cutover.journal.store import redact_url
+
+        journal_id = hashlib.sha256(redact_url(self.state).encode()).hexdigest()[:12]
+        main = self.work_dir / "audit" / f"{journal_id}.checkpoint.json"
+        return [main, *sorted((self.work_dir / "runs").glob("*/audit-checkpoint.json"))]
+
+    def start_audit(self, argv: list[str]) -> None:
+        """Tell the journal who this process is, for every audit record it appends."""
+        from cutover.audit import Signer
+        from cutover.journal.chain import set_audit_context
+
+        set_audit_context(command=argv, actor=self.actor, signer=Signer.from_environment(), checkpoint_paths=self.checkpoint_paths()[:1], runs_dir=self.work_dir / "runs")
+
     @cached_property
     def estate(self):  # noqa: ANN201 - avoids importing pydantic for --help
         from cutover.estate import load_estate

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from cutover.errors import InvalidInput, Problem
 from cutover.journal.lock import LockRequest, advisory_key, lock_held_error, process_alive, this_host
 from cutover.journal.records import LockHolder, utcnow
+from cutover.journal.chain import AUDIT_MIGRATION
 from cutover.journal.store import LOCK_COLUMNS, Journal, JournalUnavailable, Tx, _require_reason, dumps, redact_url
 
 MIGRATION_LOCK_KEY = 0x637574_6F766572  # "cutover": serialises concurrent migrators
@@ -128,6 +129,7 @@ MIGRATIONS: list[list[str]] = [
             lease DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (runbook, env))""",
     ],
+    AUDIT_MIGRATION,  # version 2: the audit chain (cutover/journal/chain.py)
 ]
 
 
@@ -194,7 +196,15 @@ class PostgresJournal(Journal):
                 conn.execute(f"SET {setting} = {value}")
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
             if not got:
-                raise lock_held_error(request.runbook, request.env, self.lock_holder(request.runbook, request.env))
+                # The winner writes its holder row just after taking the advisory lock: give
+                # that transaction a moment to commit so the error can name the holder.
+                holder_row = self.lock_holder(request.runbook, request.env)
+                for _ in range(20):
+                    if holder_row is not None:
+                        break
+                    time.sleep(0.1)
+                    holder_row = self.lock_holder(request.runbook, request.env)
+                raise lock_held_error(request.runbook, request.env, holder_row)
             holder = request.new_holder(uuid.uuid4().hex)
             with self._tx() as tx:
                 row = tx.one(f"SELECT {LOCK_COLUMNS} FROM locks WHERE runbook = ? AND env = ?", (request.runbook, request.env))

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 from cutover.errors import InvalidInput, Problem
 from cutover.journal.lock import LockRequest, holder_is_stale, lock_held_error
 from cutover.journal.records import LockHolder, utcnow
+from cutover.journal.chain import AUDIT_MIGRATION
 from cutover.journal.store import LOCK_COLUMNS, Journal, JournalUnavailable, Tx, _require_reason, dumps
 
 # Ordered; version N is MIGRATIONS[N-1]. Append new lists, never edit applied ones.
@@ -127,6 +128,7 @@ MIGRATIONS: list[list[str]] = [
             lease REAL NOT NULL,
             PRIMARY KEY (runbook, env))""",
     ],
+    AUDIT_MIGRATION,  # version 2: the audit chain (cutover/journal/chain.py)
 ]
 
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL", "off": "OFF", "extra": "EXTRA"}

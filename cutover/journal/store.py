@@ -39,6 +39,8 @@ from datetime import datetime
 from typing import Any
 
 from cutover import states
+from cutover.audit import digest_json
+from cutover.journal import chain
 from cutover.errors import CutoverError, InvalidInput, Problem
 from cutover.journal.lock import DEFAULT_LEASE, Lease, LockRequest, RunLock, this_host
 from cutover.journal.records import (
@@ -163,8 +165,28 @@ class Journal(ABC):
     # --- plumbing ----------------------------------------------------------------------------
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Tx]:
-        with self._mutex, self._transaction(write) as cursor:
-            yield Tx(cursor, self.placeholder)
+        with self._mutex:
+            self._audit_last: chain.AuditRecord | None = None
+            with self._transaction(write) as cursor:
+                yield Tx(cursor, self.placeholder)
+            # Committed: move the head checkpoints kept outside the journal.
+            last, self._audit_last = self._audit_last, None
+            chain.checkpoint(last)
+
+    def _audit(self, tx: Tx, **fields: Any) -> None:
+        """Chain one audit record into the open transaction (see cutover/journal/chain.py)."""
+        self._audit_last = chain.append(tx, backend=self.backend, **fields)
+
+    # --- the audit chain ---------------------------------------------------------------------
+    def audit_records(self, run: str | None = None, *, after_seq: int = 0) -> list[chain.AuditRecord]:
+        """The audit records in order (all, or one run's); see `cutover.audit.verify_records`."""
+        with self._tx(write=False) as tx:
+            return chain.read(tx, run=run, after_seq=after_seq)
+
+    def audit_head(self) -> chain.AuditRecord | None:
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT {', '.join(chain.COLUMNS)} FROM audit ORDER BY seq DESC LIMIT 1")
+        return chain.from_row(row) if row else None
 
     def __enter__(self) -> "Journal":
         return self
@@ -325,6 +347,8 @@ class Journal(ABC):
                            " wave = excluded.wave, batch = excluded.batch, status = excluded.status, phase = excluded.phase,"
                            " attempts = excluded.attempts, updated_at = excluded.updated_at",
                            [(run_id, wave, batch, u, s, start, phase, n, ts) for u, s, n in pairs])
+            self._audit(tx, actor=chain.audit_context().actor or "engine", event=f"segment.{phase}", run_id=run_id, outcome=start,
+                        data={"wave": wave, "batch": batch, "units": units, "steps": steps, "intent": intent_id})
         return Intent(intent_id, run_id, wave, batch, phase, list(units), list(steps), now)
 
     def record_outcome(self, run_id: str, *, unit: str, step: str, status: str, phase: str | None = None,
@@ -393,6 +417,9 @@ class Journal(ABC):
                                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                        (run_id, wave, batch, unit, step, gate, status, self._json(redact(dict(evidence or {}))), self._ts(now)))
             r = tx.one(f"SELECT {GATE_COLUMNS} FROM gate_results WHERE id = ?", (gate_id,))
+            self._audit(tx, actor=chain.audit_context().actor or "engine", event=f"gate.{status}", run_id=run_id, unit=unit or "",
+                        outcome=status, data={"gate": gate, "wave": wave, "batch": batch, "step": step or "",
+                                              "evidence_digest": digest_json(redact(dict(evidence or {})))})
         return self._gate(r)
 
     def gate_results(self, run_id: str, *, batch: str | None = None, gate: str | None = None) -> list[GateResult]:
@@ -497,8 +524,10 @@ class Journal(ABC):
         return int(tx.one(sql + " RETURNING id", params)[0])
 
     def _event(self, tx: Tx, kind: str, *, actor: str, run_id: str | None = None, data: Mapping[str, Any] | None = None) -> int:
-        return self._insert(tx, "INSERT INTO events (run_id, at, actor, kind, data) VALUES (?, ?, ?, ?, ?)",
-                            (run_id, self._ts(utcnow()), actor, kind, self._json(redact(dict(data or {})))))
+        event_id = self._insert(tx, "INSERT INTO events (run_id, at, actor, kind, data) VALUES (?, ?, ?, ?, ?)",
+                                (run_id, self._ts(utcnow()), actor, kind, self._json(redact(dict(data or {})))))
+        self._audit(tx, actor=actor, event=kind, run_id=run_id, data=data)
+        return event_id
 
     def _require_run(self, tx: Tx, run_id: str) -> None:
         if tx.one("SELECT 1 FROM runs WHERE id = ?", (run_id,)) is None:
@@ -557,6 +586,9 @@ class Journal(ABC):
         else:
             result = tx.one("UPDATE unit_steps SET status = ?, phase = ?, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?"
                             f" RETURNING {STEP_COLUMNS}", (status, phase, self._ts(now), run_id, unit, step))
+        self._audit(tx, actor=chain.audit_context().actor or "engine", event=f"step.{status}", run_id=run_id, unit=unit, outcome=status,
+                    data={"wave": wave, "batch": batch, "step": step, "phase": phase, "evidence_digest": evidence_digest or "",
+                          **({"detail": dict(detail)} if detail else {})})
         return self._step(result)
 
     def _latest_approval(self, tx: Tx, run_id: str, gate: str) -> Approval | None:
