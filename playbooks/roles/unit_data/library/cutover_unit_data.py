@@ -391,10 +391,12 @@ class Mover:
 
     def pre_copy(self):
         state = read_json(self.work / "pre_copy.json")
-        if state is not None:
-            return False, {"already": True, **state}
-        self.legacy.connect()
         self.unified.connect()
+        if state is not None and self._held_in_unified() == sum(v for k, v in state["rows"].items() if ":" not in k):
+            self.unified.rollback()
+            return False, {"already": True, **state}
+        self.unified.rollback()
+        self.legacy.connect()
         self.legacy.snapshot_reads()
         marks = {}
         for schema in self.p["systems"]:
@@ -433,6 +435,11 @@ class Mover:
         qsql, qtarget = self.quarantine_select(schema, table, where)
         self.legacy.copy_out(qsql, spool)
         return self.unified.copy_in(qtarget, spool)
+
+    def _held_in_unified(self):
+        """How many rows unified holds from this unit's legacy keys (by provenance)."""
+        cond = f"unit = {lit(self.unit)} AND source_site = {lit(self.site)} AND source_unit = ANY({lit(self.scope.keys)})"
+        return sum(int(self.unified.value(f"SELECT count(*) FROM {s}.{t} WHERE {cond}")) for s, t in self.tables)
 
     def _purge_unified(self, files=True, quarantine=False):
         deleted = {}
@@ -650,7 +657,7 @@ class Mover:
         self.unified.connect()
         deleted, files = self._purge_unified(files=True, quarantine=True)
         self.unified.commit()
-        for name in ("pre_copy.json", "manifest.json", "import.json", "reconcile.json"):
+        for name in ("pre_copy.json", "manifest.json", "import.json"):  # reconcile.json stays: evidence
             (self.work / name).unlink(missing_ok=True)
         shutil.rmtree(self.work / "catchup", ignore_errors=True)
         total = sum(deleted.values())
