@@ -132,6 +132,15 @@ def import_(session: Session, file: Path, dry_run: bool) -> None:
     if not file.is_file():
         raise InvalidInput([Problem(str(file), "", "file not found")])
     changes = import_codes(session.estate, file, dry_run=dry_run)
+    changed = [c for c in changes if c.kind != "unchanged"]
+    if changed and not dry_run:
+        from cutover.audit import digest_bytes
+        from cutover.journal import open_journal
+
+        with open_journal(session.state) as journal:
+            journal.append_event("inventory.codes_imported", actor=session.actor, data={
+                "env": session.env, "file_digest": digest_bytes(file.read_bytes()),
+                "units": [c.unit for c in changed], "changes": [c.as_dict() for c in changed]})
     if session.output == "json":
         session.emit_json({"dry_run": dry_run, "changes": [c.as_dict() for c in changes]})
         return

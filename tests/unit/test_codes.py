@@ -25,6 +25,10 @@ def test_good_file_changes_exactly_the_units_it_names(project_copy: Path, tmp_pa
     after = {u.code: u.identifier_code for u in load_estate(project_copy / "inventories/production").units.values()}
     assert {k for k in after if after[k] != before[k]} == {"phuong-sai-gon", "xa-can-gio"}
     assert after["phuong-sai-gon"] == "000.01.01.H29"
+    # The import is in the audit chain, with who did it and a digest of the file.
+    history = json.loads(cli("--output", "json", "history", "--event", "inventory.codes_imported", root=project_copy).stdout)
+    assert history["count"] == 1 and history["records"][0]["detail"]["units"] == ["phuong-sai-gon", "xa-can-gio"]
+    assert history["records"][0]["evidence"]["file_digest"].startswith("sha256:")
     # Importing the same file again changes nothing.
     again = json.loads(cli("--env", "production", "--output", "json", "inventory", "codes", "import", str(new), root=project_copy).stdout)
     assert {c["change"] for c in again["changes"]} == {"unchanged"}
