@@ -121,6 +121,15 @@ class Journal(ABC):
     """The durable record of runs. Open one with `cutover.journal.open_journal(url)`.
 
     Backends: `cutover.journal.sqlite.SqliteJournal`, `cutover.journal.postgres.PostgresJournal`.
+
+    Runs:        create_run, get_run, runs, latest_run, set_run_status, replan
+    Unit-steps:  record_intent, record_outcome, record_outcomes, unit_step_state, attempts, intents
+    Gates:       record_gate, gate_results
+    Approvals:   request_approval, record_approval, approval, approvals
+    Events:      append_event, events (append-only; the audit chain rides along, see chain.py)
+    Run lock:    lock (-> RunLock), lock_holder, lock_holders, break_lock
+    Schema:      migrate, schema_version
+    Errors: UnknownRun / InvalidInput (2), IllegalTransition (2), LockHeld (3), JournalUnavailable (1).
     """
 
     backend: str = ""
