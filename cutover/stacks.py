@@ -124,12 +124,13 @@ def load_stack_config(root: Path, env: str, overrides: dict[str, Any] | None = N
             problems.append(Problem("overrides", key, "unknown key (not declared in Pulumi.yaml)"))
             continue
         values[full] = value
-    secret_values = set()
+    # Secrets the mocks cannot decrypt get CUTOVER_DATABASE_PASSWORD (databasePassword) or a
+    # placeholder; either way their plaintexts are known, so a rendered manifest never has them.
     for full in secret_keys:
         if values.get(full) is None:
-            values[full] = os.environ.get("CUTOVER_DATABASE_PASSWORD") if full == f"{PROJECT}:databasePassword" else None
-            values[full] = values[full] or SECRET_PLACEHOLDER
-        secret_values.add(str(values[full]))
+            given = os.environ.get("CUTOVER_DATABASE_PASSWORD") if full == f"{PROJECT}:databasePassword" else None
+            values[full] = given or SECRET_PLACEHOLDER
+    secret_values = {str(values[k]) for k in secret_keys}
     values = {k: v for k, v in values.items() if v is not None}
     if problems:
         raise InvalidInput(problems)
@@ -580,8 +581,8 @@ class CheckReport:
 
 def check(rendering: Rendering, k8s_version: str = DEFAULT_K8S_VERSION) -> CheckReport:
     """Validate every manifest strictly and apply every policy; collect all violations."""
-    versions = {v.rsplit(".", 1)[0] if v.count(".") > 1 else v for v in supported_k8s_versions()}
-    if k8s_version.removeprefix("v") not in versions:
+    versions = {".".join(v.split(".")[:2]) for v in supported_k8s_versions()}
+    if ".".join(k8s_version.removeprefix("v").split(".")[:2]) not in versions:
         raise InvalidInput([Problem("--k8s-version", "", f"unsupported Kubernetes version {k8s_version!r} (bundled schemas: {', '.join(sorted(versions, key=lambda v: tuple(map(int, v.split('.')))))})")])
     started = time.perf_counter()
     violations: list[Violation] = []
