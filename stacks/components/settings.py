@@ -261,6 +261,9 @@ class StackSettings(_Strict):
             for i, called in enumerate(system.calls):
                 if called not in estate.systems or called == code:
                     problems.append(Problem(source, f"{where}.calls[{i}]", f"{called!r} is not another shared system"))
+            mode = self.data_mode(code)
+            if mode in ("external", "statefulset") and getattr(self.data, mode) is None:
+                problems.append(Problem(source, f"{where}.data", f"data mode {mode} needs `data.{mode}` settings"))
             if len(self.namespace(code)) > 63:
                 problems.append(Problem(source, where, f"namespace {self.namespace(code)!r} is longer than 63 characters"))
         routes: dict[str, str] = {}

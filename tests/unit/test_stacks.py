@@ -173,6 +173,21 @@ def test_units_override_narrows_what_a_system_serves(rendered):
     assert digest(base) != digest(r.find("Deployment", "docs", "cutover-docs"))
 
 
+def test_data_service_mode_is_chosen_per_system():
+    stack = yaml.safe_load((ROOT / "stacks" / "Pulumi.production.yaml").read_text(encoding="utf-8"))
+    systems = copy.deepcopy(stack["config"]["cutover-platform:systems"])
+    systems["video"]["data"] = "none"
+    r = render(ROOT, "production", {"systems": systems})
+    assert r.find("Service", "video-db", "cutover-video") is None
+    env = r.find("Deployment", "video", "cutover-video").doc["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not [e for e in env if e["name"].startswith("DATABASE_")]
+    assert r.find("Service", "docs-db", "cutover-docs") is not None
+    systems["video"]["data"] = "statefulset"  # production declares no in-cluster database settings
+    with pytest.raises(InvalidInput) as err:
+        render(ROOT, "production", {"systems": systems})
+    assert [(p.where, p.message) for p in err.value.problems] == [("cutover-platform:systems.video.data", "data mode statefulset needs `data.statefulset` settings")]
+
+
 def test_integral_floats_from_the_mocks_become_integers(rendered):
     d = rendered["production"].find("Deployment", "docs", "cutover-docs").doc
     assert d["spec"]["replicas"] == 4 and type(d["spec"]["replicas"]) is int
