@@ -342,6 +342,8 @@ def _read_yaml(path: Path, problems: _Collector) -> Any:
         problems.add(path, f"byte {exc.start}", f"not UTF-8: {exc.reason}")
     except yaml.reader.ReaderError as exc:
         problems.add(path, f"character {exc.position}", f"not valid YAML: unacceptable character #x{exc.character:04x}" if isinstance(exc.character, int) else "not valid YAML: unreadable text")
+    except (ValueError, TypeError) as exc:  # a scalar YAML cannot construct, e.g. the date 2025-13-45
+        problems.add(path, "(document)", f"not a valid value: {exc}")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"

@@ -641,7 +641,30 @@ def _read(path: Path) -> tuple[bytes, Any, dict[tuple[Any, ...], int]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise InvalidInput([Problem(str(path), where, f"not valid YAML: {problem}")]) from None
+    except (ValueError, TypeError) as exc:  # e.g. a date like 2025-13-45, which YAML resolves as a timestamp
+        raise InvalidInput([Problem(str(path), _bad_scalar_line(text), f"not a valid value: {exc}")]) from None
     return data, raw, lines
+
+
+def _bad_scalar_line(text: str) -> str:
+    """The line of the first scalar that YAML cannot construct (an impossible date)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        stack = [loader.get_single_node()]
+        while stack:
+            node = stack.pop(0)
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    loader.construct_object(node, deep=True)
+                except (ValueError, TypeError, yaml.YAMLError):
+                    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(x for pair in node.value for x in pair)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+    finally:
+        loader.dispose()
+    return "(document)"
 
 
 def load_runbook(path: Path | str, estate: Estate, root: Path | str) -> Runbook:
