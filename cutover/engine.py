@@ -93,7 +93,8 @@ class Options:
 
 @dataclass
 class JournalStats:
-    writes: int = 0
+    writes: int = 0  # transactions
+    records: int = 0  # unit-step outcomes, gate results, intents, statuses written
     seconds: float = 0.0
 
     @property
@@ -445,21 +446,25 @@ class Conductor:
         failed: set[str] = set()
         reported: set[tuple[str, str]] = set()
 
-        def on_outcome(o: Outcome) -> None:
-            detail = {"message": o.message, "task": o.task, "changed": o.changed, "started": o.started, "finished": o.finished}
-            if o.gate is not None:
-                self._write(lambda: self.journal.record_gate(run.id, gate=o.gate, status=states.PASSED if o.ok else states.FAILED, wave=pw.id,
-                                                             batch=batch.id, unit=o.unit, step=o.step, evidence={**o.evidence, "message": o.message}))
-            else:
-                reported.add((o.unit, o.step))
-                self._write(lambda: self.journal.record_outcome(run.id, unit=o.unit, step=o.step, status=states.DONE if o.ok else states.FAILED,
-                                                                wave=pw.id, batch=batch.id, detail=detail))
-            if not o.ok:
-                failed.add(o.unit)
-            self.report(Progress("gate" if o.gate else "step", run.id, (states.PASSED if o.gate else states.DONE) if o.ok else states.FAILED,
-                                 wave=pw.id, batch=batch.id, unit=o.unit, step=o.step if not o.gate else f"{o.step}/{o.gate}", message=o.message))
+        def on_outcomes(outcomes: list[Outcome]) -> None:
+            """Journal outcomes the moment they are known: the step outcomes of one delivery in one transaction."""
+            steps_done = [o for o in outcomes if o.gate is None]
+            if steps_done:
+                reported.update((o.unit, o.step) for o in steps_done)
+                self._write(lambda: self.journal.record_outcomes(run.id, [
+                    {"unit": o.unit, "step": o.step, "status": states.DONE if o.ok else states.FAILED, "wave": pw.id, "batch": batch.id,
+                     "detail": {"message": o.message, "task": o.task, "changed": o.changed, "started": o.started, "finished": o.finished}}
+                    for o in steps_done]))
+            for o in outcomes:
+                if o.gate is not None:
+                    self._write(lambda: self.journal.record_gate(run.id, gate=o.gate, status=states.PASSED if o.ok else states.FAILED, wave=pw.id,
+                                                                 batch=batch.id, unit=o.unit, step=o.step, evidence={**o.evidence, "message": o.message}))
+                if not o.ok:
+                    failed.add(o.unit)
+                self.report(Progress("gate" if o.gate else "step", run.id, (states.PASSED if o.gate else states.DONE) if o.ok else states.FAILED,
+                                     wave=pw.id, batch=batch.id, unit=o.unit, step=o.step if not o.gate else f"{o.step}/{o.gate}", message=o.message))
 
-        result = self._invoke(run, batch, f"s{index}", steps, on_outcome, failure_budget=budget)
+        result = self._invoke(run, batch, f"s{index}", steps, lambda o: on_outcomes([o]), on_outcomes, failure_budget=budget)
         if result.stopped:
             # stopped on purpose at a step boundary: every step before it was reported, none after it ran
             closing = [{"unit": u, "step": s.id, "status": states.SKIPPED,
@@ -527,15 +532,17 @@ class Conductor:
         failures: list[str] = []
         reported: set[tuple[str, str]] = set()
 
-        def on_outcome(o: Outcome) -> None:
-            reported.add((o.unit, o.step))
-            self._write(lambda: self.journal.record_outcome(run.id, unit=o.unit, step=o.step, status=states.UNDONE if o.ok else states.UNDO_FAILED,
-                                                            wave=pw.id, batch=batch.id, detail={"message": o.message, "task": o.task}))
-            if not o.ok:
-                failures.append(f"{o.unit}/{o.step}: {o.message}")
-            self.report(Progress("undo", run.id, states.UNDONE if o.ok else states.UNDO_FAILED, wave=pw.id, batch=batch.id, unit=o.unit, step=o.step, message=o.message))
+        def on_outcomes(outcomes: list[Outcome]) -> None:
+            reported.update((o.unit, o.step) for o in outcomes)
+            self._write(lambda: self.journal.record_outcomes(run.id, [
+                {"unit": o.unit, "step": o.step, "status": states.UNDONE if o.ok else states.UNDO_FAILED, "wave": pw.id, "batch": batch.id,
+                 "detail": {"message": o.message, "task": o.task}} for o in outcomes]))
+            for o in outcomes:
+                if not o.ok:
+                    failures.append(f"{o.unit}/{o.step}: {o.message}")
+                self.report(Progress("undo", run.id, states.UNDONE if o.ok else states.UNDO_FAILED, wave=pw.id, batch=batch.id, unit=o.unit, step=o.step, message=o.message))
 
-        result = self._invoke(run, batch, "undo", steps, on_outcome)
+        result = self._invoke(run, batch, "undo", steps, lambda o: on_outcomes([o]), on_outcomes)
         if result.status == "canceled" or self.cancelled.is_set():
             raise Interrupted(f"run {run.id} interrupted while undoing batch {batch.id}; `cutover resume {run.id}` or `cutover rollback` continues")
         unreported = [(u, sid) for sid, who in wanted.items() for u in who if (u, sid) not in reported]
@@ -550,7 +557,7 @@ class Conductor:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _invoke(self, run: Run, batch, name: str, steps: list[PlayStep], on_outcome, failure_budget: int | None = None):  # noqa: ANN001, ANN202
+    def _invoke(self, run: Run, batch, name: str, steps: list[PlayStep], on_outcome, on_outcomes=None, failure_budget: int | None = None):  # noqa: ANN001, ANN202
         n = 1
         while (self.run_dir / batch.id / f"{name}-{n}").exists():
             n += 1
@@ -560,19 +567,22 @@ class Conductor:
         action = AnsibleAction(inventory=private / "inventory.json", strategy=self.action.strategy, check_mode=self.action.check_mode, forks=self.action.forks)
         limit = sorted({u for s in steps for u in s.units})
         self.invocations += 1
-        return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, cancel=self.cancelled.is_set,
+        return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, on_outcomes=on_outcomes, cancel=self.cancelled.is_set,
                           failure_budget=failure_budget)
 
     def _journal_intent(self, run: Run, pw, batch, units: list[str], steps: list[str]) -> None:  # noqa: ANN001
         self._write(lambda: self.journal.record_intent(run.id, wave=pw.id, batch=batch.id, units=units, steps=steps, phase=states.DO))
 
     def _write(self, fn: Callable[[], Any]) -> Any:
+        """One journal transaction, timed (the benchmark's write rate)."""
         started = time.perf_counter()
         try:
-            return fn()
+            result = fn()
         finally:
             self.stats.writes += 1
             self.stats.seconds += time.perf_counter() - started
+        self.stats.records += len(result) if isinstance(result, list) else 1
+        return result
 
     def _status(self, run_id: str, status: str, *, reason: str | None = None, detail: dict | None = None) -> None:
         current = self.journal.get_run(run_id, with_plan=False).status

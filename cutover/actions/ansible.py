@@ -236,9 +236,11 @@ def compose_playbook(steps: Sequence[PlayStep], failure_budget: int | None = Non
 class _EventReader:
     """Turns the job events of one invocation into per-unit-step outcomes, as they arrive."""
 
-    def __init__(self, steps: Sequence[PlayStep], on_outcome: Callable[[Outcome], None]):
+    def __init__(self, steps: Sequence[PlayStep], on_outcome: Callable[[Outcome], None],
+                 on_outcomes: Callable[[list[Outcome]], None] | None = None):
         self._steps = {(s.phase, s.step): s for s in steps}
         self._on_outcome = on_outcome
+        self._on_outcomes = on_outcomes
         self.alive: set[str] = {u for s in steps for u in s.units}
         self.outcomes: list[Outcome] = []
         self.finished = False
@@ -271,10 +273,15 @@ class _EventReader:
             return
         phase, step, gate = self._current
         now = time.time()
-        for unit in self._units():
-            if unit in self.alive and unit not in self._reported:
-                self._emit(Outcome(unit, step, phase, True, gate=gate, changed=unit in self._changed,
-                                   started=self._started.get(unit), finished=now, evidence=self._evidence.get(unit, {})))
+        passed = [Outcome(unit, step, phase, True, gate=gate, changed=unit in self._changed, started=self._started.get(unit), finished=now,
+                          evidence=self._evidence.get(unit, {}))
+                  for unit in self._units() if unit in self.alive and unit not in self._reported]
+        if self._on_outcomes is not None and passed:
+            self.outcomes += passed
+            self._on_outcomes(passed)  # all known at the same instant: one delivery (one journal transaction)
+        else:
+            for outcome in passed:
+                self._emit(outcome)
         self._current = None
         self._reset()
 
@@ -345,6 +352,7 @@ class AnsibleAction:
     startup_margin: float = 120.0
 
     def run(self, steps: Sequence[PlayStep], *, private_data_dir: Path, limit: Sequence[str], on_outcome: Callable[[Outcome], None] = lambda o: None,
+            on_outcomes: Callable[[list[Outcome]], None] | None = None,
             cancel: Callable[[], bool] | None = None, timeout: float | None = None, failure_budget: int | None = None) -> InvocationResult:
         from ansible_runner.config.runner import RunnerConfig
         from ansible_runner.runner import Runner
@@ -379,7 +387,7 @@ class AnsibleAction:
         config.prepare()
         config.env = child_environment(config.env, envvars)
         config.command = [sys.executable, "-c", DIE_WITH_PARENT, *config.command]
-        reader = _EventReader(steps, on_outcome)
+        reader = _EventReader(steps, on_outcome, on_outcomes)
         runner = Runner(config, event_handler=reader, cancel_callback=cancel or (lambda: False))
         started = time.monotonic()
         try:

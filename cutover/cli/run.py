@@ -96,7 +96,8 @@ def _open(session: Session):  # noqa: ANN202
 
 def _finish(session: Session, run, conductor) -> None:  # noqa: ANN001
     if session.output == "json":
-        session.emit_json({"run": run.as_dict(), "journal_writes": conductor.stats.writes, "journal_seconds": round(conductor.stats.seconds, 4),
+        session.emit_json({"run": run.as_dict(), "journal_writes": conductor.stats.writes, "journal_records": conductor.stats.records,
+                           "journal_seconds": round(conductor.stats.seconds, 4),
                            "invocations": conductor.invocations})
     else:
         session.say(f"run {run.id}: {run.status}")

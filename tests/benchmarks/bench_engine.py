@@ -65,7 +65,7 @@ def bench_project(tmp: Path, units: int) -> tuple[Path, list[str]]:
     hosts["all"]["vars"] = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
     (env_dir / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
     estate = load_estate(env_dir)
-    chosen = [u.code for u in sorted(estate.units.values(), key=lambda u: u.seq) if u.kind in COMMUNE_KINDS and not u.blocked][:units]
+    chosen = [u.code for u in sorted(estate.units.values(), key=lambda u: (u.seq or 0, u.code)) if u.kind in COMMUNE_KINDS and not u.blocked][:units]
     steps = []
     for n in range(1, STEPS + 1):
         step = {"id": f"step{n}", "do": {"playbook": "noop.yml"}, "undo": {"playbook": "noop.yml"}, "timeout": 600}
@@ -130,7 +130,7 @@ def main() -> None:
                 times.setdefault(f"plain {strategy}", []).append(time_plain(root, units, strategy))
                 elapsed, report = time_cutover(root, strategy, n)
                 times.setdefault(f"cutover {strategy}", []).append(elapsed)
-                journal.append({"elapsed": elapsed, **report})
+                journal.append({"elapsed": elapsed, "strategy": strategy, **report})
         med = {k: statistics.median(v) for k, v in times.items()}
         for name, value in med.items():
             print(f"  {name:<16} median {value:7.1f} s  ({', '.join(f'{x:.1f}' for x in times[name])})")
@@ -138,11 +138,11 @@ def main() -> None:
             print(f"ratio cutover/plain, both {strategy}: {med[f'cutover {strategy}'] / med[f'plain {strategy}']:.2f}  (aim <= 1.10)")
         if "mitogen" in strategies:
             print(f"ratio cutover mitogen / plain linear: {med['cutover mitogen'] / med['plain linear']:.2f}  (aim <= 0.40)")
-        writes = [j["journal_writes"] for j in journal]
-        seconds = [j["journal_seconds"] for j in journal]
-        print(f"journal: {statistics.median(writes):.0f} writes per run, {statistics.median(w / s for w, s in zip(writes, seconds)):.0f} writes/s while writing "
-              f"({statistics.median(s for s in seconds):.2f} s per run), {statistics.median(j['journal_writes'] / j['elapsed'] for j in journal):.1f} writes per second of run; "
-              f"{statistics.median(j['invocations'] for j in journal):.0f} ansible-runner invocations per run")
+        for j in journal:
+            print(f"journal ({j['strategy']}): {j['journal_writes']} transactions holding {j['journal_records']} records "
+                  f"(unit-step outcomes, gate results, intents, statuses) in {j['journal_seconds']:.2f} s of writing: "
+                  f"{j['journal_writes'] / j['journal_seconds']:.0f} transactions/s, {j['journal_records'] / j['journal_seconds']:.0f} records/s while writing, "
+                  f"{j['journal_records'] / j['elapsed']:.1f} records per second of run; {j['invocations']} ansible-runner invocations")
 
 
 if __name__ == "__main__":
