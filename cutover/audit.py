@@ -115,10 +115,8 @@ class AuditRecord:
     key_id: str = ""
 
     def body(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("hash")
-        data.pop("signature")
-        return data
+        """Every field but `hash` and `signature` (built directly: `asdict` deep-copies)."""
+        return {name: getattr(self, name) for name in _BODY_FIELDS}
 
     def compute_hash(self) -> str:
         return hashlib.sha256(canonical(self.body())).hexdigest()
@@ -130,6 +128,9 @@ class AuditRecord:
     def from_dict(cls, data: dict[str, Any]) -> "AuditRecord":
         known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
         return cls(**known)
+
+
+_BODY_FIELDS = tuple(f for f in AuditRecord.__dataclass_fields__ if f not in ("hash", "signature"))
 
 
 class AuditStore(Protocol):
