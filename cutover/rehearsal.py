@@ -42,6 +42,9 @@ def unit_evidence(migrations_dir: Path, unit: str) -> dict[str, Any]:
     return {
         "rows": totals.get("rows", 0), "files": totals.get("files", 0), "bytes": totals.get("bytes", 0),
         "quarantined": totals.get("quarantined", 0),
+        # a split old unit's unmatched records, per "<schema>.<table>/<old unit key>" (each of its
+        # successors' manifests counts them: the run's total counts each old unit once)
+        "quarantine_parts": {f"{manifest.get('site')}:{name}": v["count"] for name, v in (manifest.get("quarantine") or {}).items()},
         "reconciled": None if reconcile is None else bool(reconcile.get("equal")),
         "differences": (reconcile or {}).get("differences", []),
         "frozen_at": frozen_at.isoformat() if frozen_at else None,
@@ -102,7 +105,7 @@ def summarize(journal, run_id: str, lab, *, loadgen_out: Path | None = None) -> 
             "rows": sum(u["rows"] for u in migrated),
             "files": sum(u["files"] for u in migrated),
             "bytes": sum(u["bytes"] for u in migrated),
-            "quarantined": sum(u["quarantined"] for u in migrated),
+            "quarantined": sum({k: n for u in migrated for k, n in u["quarantine_parts"].items()}.values()),
             "quarantine_in_unified": quarantine_in_unified(lab),
             "reconciled_equal": sum(1 for u in migrated if u["reconciled"]),
         },

@@ -36,13 +36,22 @@ APPROVER=(--actor lab-approver)
 LAB_DIR=$ROOT/.cutover/lab
 started=$(date +%s)
 
-echo "== lab up ($SIZE)"
-cutover lab up --size "$SIZE"
-# A lab a previous rehearsal cut over goes back to its seeded state first.
-if [[ -d $LAB_DIR/migrations ]] && [[ -n $(ls -A "$LAB_DIR/migrations") ]]; then
-  echo "== lab reset (a previous rehearsal left its mark)"
+lab_running() {
+  cutover --output json lab status | "$PWD/.venv/bin/python" -c '
+import json, sys
+sites = json.load(sys.stdin)["sites"]
+sys.exit(0 if all(s["up"] for site in sites for s in site["services"].values()) else 1)'
+}
+# A lab a previous rehearsal cut over goes back to its seeded state (reset re-applies the
+# hosting playbook too); otherwise `lab up` builds it, or brings it up to date, and seeds it.
+if [[ -n $(ls -A "$LAB_DIR/migrations" 2>/dev/null) ]]; then
+  lab_running || cutover lab up --size "$SIZE"
+  echo "== lab reset ($SIZE): a previous rehearsal left its mark"
   cutover lab reset --size "$SIZE"
   rm -rf "$LAB_DIR/migrations"
+else
+  echo "== lab up ($SIZE)"
+  cutover lab up --size "$SIZE"
 fi
 cutover lab status
 

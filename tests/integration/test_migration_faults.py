@@ -41,10 +41,10 @@ def drill_runbook(name: str, codes: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def faults_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProject]:
+def faults_lab() -> Iterator[LabProject]:
     runbooks = {"drill-import": drill_runbook("drill-import", [CORRUPTED, BYSTANDER]),
                 "drill-site-down": drill_runbook("drill-site-down", SITE_DOWN_UNITS)}
-    yield from lab_fixture(tmp_path_factory.mktemp("faults"), "127.0.3.", runbooks)
+    yield from lab_fixture("127.0.3.", runbooks)
 
 
 def unified_files(project: LabProject, unit: str) -> list[Path]:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -105,22 +106,33 @@ def make_lab_project(base: Path, prefix: str, runbooks: dict[str, dict] | None =
         new = prefix + address.rsplit(".", 1)[1]
         text = text.replace(f"{site}: {address}", f"{site}: {new}")
         addresses[site] = new
+    # Its own back-end OS user, whose home is the same for its four sites: the app role sets the
+    # user's home to the site's install folder and cannot change it while another lab's (or a
+    # sibling site's) back end runs as that user.
+    tag = prefix.strip(".").replace(".", "")
+    text += (f"\n# test lab {prefix}x: its own back-end user\napp_user: cutover-app-{tag}\napp_group: cutover-app-{tag}\n"
+             'app_install_dir: "{{ cutover_lab_dir }}/app-code"\n')
     all_vars.write_text(text, encoding="utf-8")
     for name, runbook in (runbooks or {}).items():
         (root / "runbooks" / f"{name}.yml").write_text(yaml.safe_dump(runbook, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return LabProject(root, addresses)
 
 
-def lab_fixture(base: Path, prefix: str, runbooks: dict[str, dict] | None = None) -> Iterator[LabProject]:
+def lab_fixture(prefix: str, runbooks: dict[str, dict] | None = None) -> Iterator[LabProject]:
+    """A lab in a folder the postgres user can reach (pytest's own tmp folders are 0700)."""
     reason = lab_requirements()
     if reason:
         pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="cutover-lab-test-"))
+    base.chmod(0o755)
     project = make_lab_project(base, prefix, runbooks)
     try:
         project.cli("lab", "up", "--size", "small", timeout=1800)
         yield project
     finally:
         project.cli("lab", "down", check=False)
+        if not os.environ.get("CUTOVER_KEEP_LAB"):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict[str, str], dict]:
@@ -192,8 +204,8 @@ def run_with_approvals(project: LabProject, runbook: str, *extra: str) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def rehearsal_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProject]:
-    yield from lab_fixture(tmp_path_factory.mktemp("rehearsal"), "127.0.4.")
+def rehearsal_lab() -> Iterator[LabProject]:
+    yield from lab_fixture("127.0.4.")
 
 
 @pytest.fixture(scope="module")
