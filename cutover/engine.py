@@ -30,6 +30,7 @@ The engine never prints: it reports progress through `Conductor.report` (a calla
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +79,7 @@ class Progress:
     unit: str | None = None
     step: str | None = None
     message: str = ""
+    total: int | None = None  # batch: how many unit-step and gate outcomes to expect
 
 
 @dataclass
@@ -357,7 +359,9 @@ class Conductor:
     def _run_batch(self, run: Run, plan, pw, batch, units: list[str]) -> None:  # noqa: ANN001
         state = self.journal.unit_step_state(run.id)
         tolerated = pw.max_failed_for(batch)
-        self.report(Progress("batch", run.id, states.RUNNING, wave=pw.id, batch=batch.id, message=f"{len(units)} unit(s), tolerates {tolerated} failure(s)"))
+        parts = sum(1 + sum(g.kind in ("reconcile", "smoke") for g in s.gates) for s in plan.steps if not s.is_approval)
+        self.report(Progress("batch", run.id, states.RUNNING, wave=pw.id, batch=batch.id, message=f"{len(units)} unit(s), tolerates {tolerated} failure(s)",
+                             total=len(units) * parts))
         # finish a rollback-alone that a crash interrupted
         pending_undo = [u for u in units if self._unit_out(run.id, state, u) and self._needs_undo(state, u, plan)]
         if pending_undo:
@@ -563,8 +567,12 @@ class Conductor:
             n += 1
         private = self.run_dir / batch.id / f"{name}-{n}"
         private.mkdir(parents=True)
-        write_inventory(self.dynamic_inventory, private / "inventory.json")
-        action = AnsibleAction(inventory=private / "inventory.json", strategy=self.action.strategy, check_mode=self.action.check_mode, forks=self.action.forks)
+        # The estate's own dynamic inventory, so that its group_vars/ and inventory_dir are what its
+        # playbooks expect; a generated copy only for an estate without the script.
+        inventory = self.estate.root / "inventory.py"
+        if not os.access(inventory, os.X_OK):
+            inventory = write_inventory(self.dynamic_inventory, private / "inventory.json")
+        action = AnsibleAction(inventory=inventory, strategy=self.action.strategy, check_mode=self.action.check_mode, forks=self.action.forks)
         limit = sorted({u for s in steps for u in s.units})
         self.invocations += 1
         return action.run(steps, private_data_dir=private / "runner", limit=limit, on_outcome=on_outcome, on_outcomes=on_outcomes, cancel=self.cancelled.is_set,

@@ -55,7 +55,7 @@ class ProgressView:
             click.echo(f"{datetime.now():%H:%M:%S} {text}")
             return
         if event.kind == "batch" and event.status == "running" and event.batch:
-            self.tasks[event.batch] = self.progress.add_task(f"{event.batch}", total=None)
+            self.tasks[event.batch] = self.progress.add_task(f"{event.batch}", total=event.total)
         if event.kind in ("step", "gate") and event.batch in self.tasks and event.status in ("done", "failed", "passed"):
             self.progress.advance(self.tasks[event.batch])
             if event.status != "failed":

@@ -141,7 +141,7 @@ def test_killed_while_undoing_a_failed_unit(root: Path) -> None:
     """A unit fails; the conductor is killed during its undo; resume finishes the undo, the others go on."""
     fail(root, "do-freeze", "phuong-sai-gon")
     book = root / "runbooks" / "engine-crash.yml"
-    book.write_text(book.read_text().replace("max_failed: 0", "max_failed: 1").replace("undo: {playbook: step.yml}", "undo: {playbook: step.yml, vars: {sleep: 1}}"))
+    book.write_text(book.read_text().replace("max_failed: 0", "max_failed: 1").replace("undo: {playbook: step.yml}", "undo: {playbook: step.yml, vars: {sleep: 0.5}}"))
     proc = start(root)
     kill_when(proc, root, lambda lines: "phuong-sai-gon undo freeze" in lines)
     run_id, at_kill = snapshot(root)
