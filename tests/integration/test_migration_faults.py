@@ -95,10 +95,13 @@ def test_corrupted_import_rolls_back_that_unit_alone(faults_lab: LabProject) -> 
 
 def _pg_ctl(project: LabProject, site: str, action: str) -> None:
     data = project.lab_dir / site / "postgres" / "data"
-    log = project.lab_dir / site / "postgres" / "server.log"
+    log = data / "server.log"  # postgres_server's default (the postgres user owns it)
     cmd = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(data), "-w", "-t", "60"]
     cmd += ["-m", "fast", "stop"] if action == "stop" else ["-l", str(log), "start"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise AssertionError(f"pg_ctl {action} -> {proc.returncode}: {proc.stdout}{proc.stderr}\n{tail}")
 
 
 def test_legacy_site_down_fails_precheck_then_resume_completes(faults_lab: LabProject) -> None:
