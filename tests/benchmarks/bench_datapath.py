@@ -69,6 +69,7 @@ def main() -> int:
         print(f"skipped: {reason}")
         return 0
     base = Path(tempfile.mkdtemp(prefix="cutover-bench-datapath-"))
+    base.chmod(0o755)  # the postgres user runs the lab's clusters in there
     project = make_lab_project(base, "127.0.5.")
     cli = [str(Path(sys.executable).parent / "cutover"), "--root", str(project.root), "--env", "lab"]
     try:
