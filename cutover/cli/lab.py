@@ -103,3 +103,10 @@ def reset(session: Session, size: str | None, strategy: str | None) -> None:
     seed = result["seed"]
     session.say(f"reset to the {seed['size']} seed in {seed['seconds']} s: {seed['rows']} rows, {seed['files']} files; "
                 f"hosting changed={result['hosting']['changed']}")
+
+
+# The load generator and the rehearsal summary live in their own module.
+from cutover.cli.loadgen import load, summary  # noqa: E402
+
+lab.add_command(load)
+lab.add_command(summary)
