@@ -430,10 +430,28 @@ class Conductor:
     # --- a segment ----------------------------------------------------------------------------
 
     def _run_segment(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state, *, budget: int) -> set[str]:  # noqa: ANN001
-        """Run the segment for the alive units; stop it early once more than `budget` of them failed."""
+        """Run the segment for the alive units; units failing a step with `retries` left run it
+        again (from that step, in one more invocation for all of them). Returns the failed units."""
+        by_id = {s.id: s for s in segment}
+        failed_for_good: set[str] = set()
+        units = list(alive)
+        while units:
+            failed, failed_step, stopped = self._run_segment_once(run, plan, pw, batch, index, segment, units, state, budget=budget - len(failed_for_good))
+            state = self.journal.unit_step_state(run.id)
+            retry = [] if stopped else sorted(u for u in failed if u in failed_step
+                                             and by_id[failed_step[u]].retries >= state[(u, failed_step[u])].attempts)
+            failed_for_good |= failed - set(retry)
+            if retry:
+                self.report(Progress("segment", run.id, "retrying", wave=pw.id, batch=batch.id, message=", ".join(f"{u} from {failed_step[u]}" for u in retry)))
+            units = retry
+        return failed_for_good
+
+    def _run_segment_once(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state, *, budget: int):  # noqa: ANN001, ANN202
+        """One invocation; stopped early once more than `budget` units failed. -> (failed, {unit: failed step}, stopped)"""
         todo = {s.id: [u for u in alive if not _done(state, u, s.id)] for s in segment}
+        failed_step: dict[str, str] = {}
         if not any(todo.values()):
-            return set()
+            return set(), failed_step, False
         steps: list[PlayStep] = []
         for s in segment:
             if todo[s.id]:
@@ -465,6 +483,8 @@ class Conductor:
                                                                  batch=batch.id, unit=o.unit, step=o.step, evidence={**o.evidence, "message": o.message}))
                 if not o.ok:
                     failed.add(o.unit)
+                    if o.gate is None:
+                        failed_step.setdefault(o.unit, o.step)
                 self.report(Progress("gate" if o.gate else "step", run.id, (states.PASSED if o.gate else states.DONE) if o.ok else states.FAILED,
                                      wave=pw.id, batch=batch.id, unit=o.unit, step=o.step if not o.gate else f"{o.step}/{o.gate}", message=o.message))
 
@@ -476,7 +496,7 @@ class Conductor:
                        for s in segment for u in todo[s.id] if (u, s.id) not in reported]
             if closing:
                 self._write(lambda: self.journal.record_outcomes(run.id, [{**c, "wave": pw.id, "batch": batch.id} for c in closing]))
-            return failed
+            return failed, failed_step, True
         if result.status == "canceled" or self.cancelled.is_set():
             raise Interrupted(f"run {run.id} interrupted during batch {batch.id}; `cutover resume {run.id}` continues (the interrupted steps run again)")
         closing = []
@@ -488,11 +508,12 @@ class Conductor:
                     closing.append({"unit": unit, "step": s.id, "status": states.SKIPPED, "detail": {"message": "not reached: the unit failed earlier"}})
                 else:  # the invocation stopped short (error, timeout): the first unreported step failed
                     failed.add(unit)
+                    failed_step.setdefault(unit, s.id)
                     closing.append({"unit": unit, "step": s.id, "status": states.FAILED, "detail": {"message": (result.error or result.status)[-2000:]}})
                     self.report(Progress("step", run.id, states.FAILED, wave=pw.id, batch=batch.id, unit=unit, step=s.id, message=result.error[-300:]))
         if closing:
             self._write(lambda: self.journal.record_outcomes(run.id, [{**c, "wave": pw.id, "batch": batch.id} for c in closing]))
-        return failed
+        return failed, failed_step, False
 
     def _play_step(self, plan, pw, step: Step, units: list[str], *, undo: bool = False) -> PlayStep:  # noqa: ANN001
         action = step.undo if undo else step.do

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "engine"))
-from engine_project import cutover, fail, make_project, side_effects  # noqa: E402
+from engine_project import cutover, fail, fail_once, make_project, side_effects  # noqa: E402
 
 from cutover.actions.ansible import resolve_strategy  # noqa: E402
 from cutover.journal import open_journal  # noqa: E402
@@ -207,3 +207,16 @@ def test_no_environment_value_reaches_the_work_dir(root: Path) -> None:
     assert any(p.name == "state.db" for p in files) and any(p.name == "command" for p in files)
     assert len([p for p in files if "job_events" in p.parts]) > 20
     assert [p for p in files if canary.encode() in p.read_bytes()] == []
+
+
+def test_a_step_with_retries_runs_again_for_the_failed_unit_only(cli, root: Path) -> None:
+    fail_once(root, "do-copy", "xa-long-dien")
+    result = cli("--actor", "alice", "run", "engine", "--wave", "pilot", "--non-interactive", "--strategy", "linear", root=root)
+    assert result.exit_code == 0, result.output
+    lines = side_effects(root)
+    assert of(lines, "xa-long-dien") == ["do precheck", "do copy", "do copy", "do switch", "gate switch reconcile"]
+    assert of(lines, "phuong-sai-gon") == ["do precheck", "do copy", "do switch", "gate switch reconcile"]
+    with journal(root) as j:
+        run_id = latest_run(root)
+        assert [a.status for a in j.attempts(run_id, unit="xa-long-dien", step="copy")] == ["failed", "done"]
+    assert set(units_by_status(status(cli, root, run_id)).values()) >= {"done"}
