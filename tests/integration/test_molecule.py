@@ -55,7 +55,8 @@ def docker_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "the Docker daemon does not answer `docker info` within 30 s"
     if info.returncode != 0:
-        return f"the Docker daemon is not running (`docker info`: {info.stderr.strip().splitlines()[-1:] or '?'})"
+        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the Docker daemon is not running (`docker info`: {last})"
     return None
 
 
