@@ -344,7 +344,12 @@ class Conductor:
             current = self.journal.approval(run.id, target)
             if current is not None and current.status == states.APPROVED:
                 if deadline is not None and current.at is not None and current.at.astimezone(TIMEZONE).date() > deadline:
-                    raise RunFailed(f"run {run.id}: approval {target} came after its deadline {deadline}")
+                    if not run.params.get("ignore_window"):
+                        raise RunFailed(f"run {run.id}: approval {target} came after its deadline {deadline}")
+                    # The run was started outside the calendar on purpose (--ignore-window --reason):
+                    # a late approval is recorded as such, with that reason, instead of failing.
+                    self.journal.append_event("deadline.ignored", actor=self.actor, run_id=run.id,
+                                              data={"gate": target, "deadline": str(deadline), "reason": run.params["ignore_window"]})
                 return
             if current is not None and current.status == states.REJECTED:
                 raise _Rejected(target, current.reason or "")
