@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Purpose: run every benchmark under tests/benchmarks/ and print their figures.
+# Purpose: run every benchmark under tests/benchmarks/ and print their figures as one table
+# (tests/benchmarks/run_all.py; --quick for the smallest settings, --only NAME ... for some).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-status=0
-for bench in tests/benchmarks/bench_*.py; do
-  echo "== $(basename "$bench" .py)"
-  .venv/bin/python "$bench" "$@" || { echo "   (failed: exit $?)"; status=1; }
-done
-exit $status
+exec .venv/bin/python tests/benchmarks/run_all.py "$@"
