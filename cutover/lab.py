@@ -612,8 +612,10 @@ class SeedReport:
 
 
 def seed(lab: Lab, size_name: str) -> SeedReport:
-    """Seed every legacy site (in parallel, one connection each) and empty the unified one."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Seed every legacy site (one process each: generating the records is CPU-bound) and
+    empty the unified one."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     size = SIZES[size_name]
     estate = lab.estate()
@@ -621,7 +623,7 @@ def seed(lab: Lab, size_name: str) -> SeedReport:
     units = seed_units(estate, size, production)
     sites = lab.sites()
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(LEGACY_SITES)) as pool:
+    with ProcessPoolExecutor(max_workers=len(LEGACY_SITES), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(seed_site, sites[s], [u for u in units if u.site == s], size) for s in LEGACY_SITES]
         clear_unified(sites["unified"])
         results = [f.result() for f in futures]
