@@ -1,6 +1,12 @@
 -- A few records of the split old unit Thị trấn Lai Uyên: two quarters of Bàu Bàng, one of
 -- Trừ Văn Thố, one that no rule names (quarantine). Fixed ids: re-running inserts nothing.
 \set ON_ERROR_STOP on
+-- Once seeded, insert nothing (the unit may be frozen by then: even a conflicting insert is refused).
+SELECT EXISTS (SELECT 1 FROM docs.documents WHERE id = '00000000-0000-4000-8000-000000000001') AS seeded \gset
+\if :seeded
+SELECT 0 AS inserted;
+\q
+\endif
 BEGIN;
 WITH ins AS (
   INSERT INTO docs.documents (id, unit, residential_quarter, number, title, created_at, updated_at) VALUES
