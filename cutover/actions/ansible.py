@@ -286,6 +286,17 @@ class _EventReader:
         self._reset()
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
+        """Read one event; True to keep its job_events file (plays, failures, gates, stats), False
+        for the routine per-host start/ok/skipped events of steps (their outcome is journaled)."""
+        self._read(event)
+        kind = event.get("event")
+        if kind == "runner_on_start":
+            return False
+        if kind in ("runner_on_ok", "runner_on_skipped"):
+            return self._current is not None and self._current[2] is not None
+        return True
+
+    def _read(self, event: Mapping[str, Any]) -> None:
         kind = event.get("event")
         data = event.get("event_data") or {}
         if kind == "playbook_on_play_start":
@@ -303,11 +314,11 @@ class _EventReader:
         elif kind == "runner_on_failed" and data.get("task") == STOP_TASK:
             self.stopped = True
         elif self.stopped:
-            return True
+            return
         elif self._current is not None and kind in ("runner_on_start", "runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
             unit = data.get("host")
             if unit not in self.alive or unit not in self._units():
-                return True
+                return
             self._started.setdefault(unit, time.time())
             res = data.get("res") or {}
             if kind == "runner_on_ok":
@@ -326,7 +337,7 @@ class _EventReader:
                 self._emit(Outcome(unit, step, phase, False, gate=gate, changed=unit in self._changed,
                                    message=message, task=data.get("task"), started=self._started.get(unit), finished=time.time(),
                                    evidence={"task": data.get("task"), "action": data.get("task_action"), "rc": res.get("rc")}))
-        return True
+        return
 
     def _collect_evidence(self, unit: str, task: str | None, res: Mapping[str, Any]) -> None:
         facts = res.get("ansible_facts") or {}

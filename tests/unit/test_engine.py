@@ -205,7 +205,7 @@ def test_no_environment_value_reaches_the_work_dir(root: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     files = [p for p in (root / ".cutover").rglob("*") if p.is_file()]
     assert any(p.name == "state.db" for p in files) and any(p.name == "command" for p in files)
-    assert len([p for p in files if "job_events" in p.parts]) > 20
+    assert len([p for p in files if "job_events" in p.parts]) > 5
     assert [p for p in files if canary.encode() in p.read_bytes()] == []
 
 
