@@ -46,7 +46,23 @@ class Bar:
     status: str
 
 
+def _totals(evidence: Any) -> dict[str, Any] | None:
+    """The reconcile evidence's counts, wherever the gate's tasks put them (`totals` or flat)."""
+    if not isinstance(evidence, dict):
+        return None
+    if isinstance(evidence.get("totals"), dict):
+        return evidence["totals"]
+    if any(k in evidence for k in ("rows", "files", "quarantined")):
+        return evidence
+    for value in evidence.values():
+        found = _totals(value)
+        if found is not None:
+            return found
+    return None
+
+
 def _num(evidence: dict[str, Any] | None, *keys: str) -> int | None:
+    evidence = _totals(evidence)
     if not evidence:
         return None
     for k in keys:
@@ -99,12 +115,16 @@ def build_model(journal: Any, run_id: str, audit: Verification | None) -> dict[s
             row.files_moved = _num(g.evidence, "files", "files_moved", "file_counts")
             row.quarantined = _num(g.evidence, "quarantined", "quarantine")
             row.evidence_digest = (g.evidence or {}).get("digest", "") if g.evidence else ""
-    freeze_at: dict[str, datetime] = {}
+    # Freeze time: from the freeze task's start to the switch task's end (the tasks' own
+    # timestamps when the step reported them; else the attempt's).
+    freeze_at: dict[str, float] = {}
     for a in attempts:
-        if a.phase == "do" and a.step == "freeze" and a.ended_at:
-            freeze_at[a.unit] = a.started_at
-        if a.phase == "do" and a.step == "switch" and a.ended_at and a.unit in freeze_at and a.unit in units:
-            units[a.unit].freeze_seconds = round((a.ended_at - freeze_at[a.unit]).total_seconds(), 2)
+        detail = a.detail or {}
+        if a.phase == "do" and a.step == "freeze" and a.status == "done":
+            freeze_at[a.unit] = float(detail.get("started") or a.started_at.timestamp())
+        if a.phase == "do" and a.step == "switch" and a.status == "done" and a.unit in freeze_at and a.unit in units:
+            ended = float(detail.get("finished") or (a.ended_at or a.started_at).timestamp())
+            units[a.unit].freeze_seconds = round(ended - freeze_at[a.unit], 2)
 
     # Timeline: one bar per batch (first attempt start to last attempt end).
     spans: dict[tuple[str, str], list[datetime]] = defaultdict(list)
