@@ -90,6 +90,15 @@ def _engine(session: Session, operation: str, config: tuple[str, ...]) -> None:
     session.env_dir  # noqa: B018
     engine = Engine(root=session.root, env=session.env, work_dir=session.work_dir, overrides=parse_overrides(config))
     summary = engine.run(operation, on_output=lambda line: click.echo(line.rstrip("\n"), err=True))
+    if operation in ("up", "destroy", "refresh"):
+        # A change to the platform itself: into the audit chain, with the overrides' digest.
+        from cutover.audit import digest_json
+        from cutover.journal import open_journal
+
+        with open_journal(session.state) as journal:
+            journal.append_event(f"stack.{operation}", actor=session.actor, data={
+                "env": session.env, "result": summary.get("result", ""), "changes": summary.get("changes") or {},
+                "config_digest": digest_json(sorted(config))})
     if session.output == "json":
         session.emit_json(summary)
         return
