@@ -63,11 +63,12 @@ def test_shipped_runbooks_load_against_both_inventories(project_root: Path, name
     assert [w.id for w in book.waves] == ["pilot", "rollout", "special-zone"]
     assert [s.id for s in book.steps] == ["precheck", "pre_copy", "freeze", "export", "import", "switch"]
     assert len(book.digest) == 64
-    # Every referenced playbook exists, opens with its purpose and refuses to pretend for now.
+    # Every referenced playbook exists, opens with its purpose and targets the unit hosts the
+    # engine limits it to.
     for _, playbook in book.playbooks():
         text = (project_root / "playbooks" / playbook).read_text(encoding="utf-8")
         assert text.startswith("# Purpose: ")
-        assert "ansible.builtin.fail" in text
+        assert "hosts: all" in text
         assert playbook in book.playbook_digests
 
 
