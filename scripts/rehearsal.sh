@@ -68,7 +68,9 @@ print(",".join(sorted(estate.units)))
 PY
 )
   echo "== load generator: $RATE writes/s for $UNITS"
-  cutover lab load --units "$UNITS" --rate "$RATE" --out "$OUT/writes.jsonl" > "$OUT/loadgen.log" 2>&1 &
+  # Started directly (not through the shell function), so that $! is the load generator itself
+  # and stop_load's signal reaches it.
+  "$PWD/.venv/bin/cutover" --root "$ROOT" --env lab lab load --units "$UNITS" --rate "$RATE" --out "$OUT/writes.jsonl" > "$OUT/loadgen.log" 2>&1 &
   LOAD_PID=$!
 fi
 stop_load() {
