@@ -12,4 +12,11 @@ fi
 cleanup() { if ((started_docker)); then bash scripts/services.sh stop; fi; }
 trap cleanup EXIT
 if [[ -x scripts/build-molecule-image.sh ]]; then bash scripts/build-molecule-image.sh; fi
-.venv/bin/python -m pytest -p no:cacheprovider -q -ra "$@"
+if (($#)); then
+  .venv/bin/python -m pytest -p no:cacheprovider -q -ra "$@"
+  exit 0
+fi
+# The crash torture kills and resumes the rehearsal 20 times; it runs in a pytest process of its
+# own, after the rest (inside the main session it failed twice in CI trials, alone never).
+.venv/bin/python -m pytest -p no:cacheprovider -q -ra --ignore=tests/integration/test_crash_torture.py
+.venv/bin/python -m pytest -p no:cacheprovider -q -ra tests/integration/test_crash_torture.py
