@@ -17,7 +17,10 @@ stay failed while the others go on; once more units failed than the batch tolera
 (`max_failed`, or a `failure_threshold` gate already passed), `on_failure` decides:
 `rollback_batch` undoes the whole batch and stops (RunFailed, exit 1), `pause` stops and waits
 for a person (Waiting, exit 4), `stop` stops without undoing (RunFailed). A failed undo is
-RollbackFailed (exit 5): a person must act.
+RollbackFailed (exit 5): a person must act. `resume` of a run stopped that way (failed or
+paused at a batch) runs that batch's out units again from their first step, once the cause is
+fixed (`journal.retry_units`, journaled and audited); units that failed alone in batches that
+went on stay failed, and a crash or an interrupt never makes a failed unit run again.
 
 Approvals (approval steps, approval gates, a wave's approve_before/approve_after, approval final
 gates) are requested in the journal; the run goes on once someone other than its starter
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover import states
-from cutover.actions.ansible import AnsibleAction, CheckGate, Outcome, PlayStep, resolve_strategy, write_inventory
+from cutover.actions.ansible import AnsibleAction, CheckGate, Outcome, PlayStep, reap_invocations, resolve_strategy, write_inventory
 from cutover.actions.approval import ApprovalRequest, decide
 from cutover.actions.http import HttpCheck
 from cutover.errors import CutoverError, InvalidInput, Problem, RollbackFailed, RunFailed, Waiting
@@ -151,6 +154,7 @@ class Conductor:
         self.report = report
         self.now = now
         self.cancelled = threading.Event()
+        self.retry_batch: tuple[str, str] | None = None  # set by resume: the batch that stopped the run
         self.stats = JournalStats()
         self.invocations = 0
 
@@ -181,7 +185,19 @@ class Conductor:
         if run.status in (states.SUCCEEDED, states.ROLLED_BACK, states.ABORTED):
             raise InvalidInput([Problem("RUN", "", f"run {run_id} is {run.status}: nothing to resume")])
         with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
-            return self._conduct(self.journal.get_run(run_id), plan, lock)
+            run = self.journal.get_run(run_id)
+            self.retry_batch = self._stopped_batch(run)
+            return self._conduct(run, plan, lock)
+
+    def _stopped_batch(self, run: Run) -> tuple[str, str] | None:
+        """The (wave, batch) that stopped a failed or paused run (past its failure threshold):
+        a resume runs its units that are out again. None for any other stop (a crash, an
+        interrupt, an approval, a window), where failed units stay failed."""
+        if run.status not in (states.FAILED, states.PAUSED):
+            return None
+        moves = [e for e in self.journal.events(run_id=run.id, kind="run.status") if (e.data or {}).get("to") == run.status]
+        where = ((moves[-1].data or {}).get("detail") or {}).get("stopped_batch") if moves else None
+        return (where["wave"], where["batch"]) if where else None
 
     def approve(self, run_id: str, gate: str, *, reason: str, approved: bool = True) -> str:
         """Decide a requested approval (four eyes: not the run's starter). Returns the gate id."""
@@ -259,6 +275,12 @@ class Conductor:
         self.run_dir = self.work_dir / "runs" / run.id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = lock
+        # Holding the lock: what a dead conductor of this run left running on this machine (its
+        # playbook's forks still writing) is stopped before anything runs again.
+        reaped = reap_invocations(str(self.run_dir) + os.sep)
+        if reaped:
+            self.journal.append_event("invocations.reaped", actor=self.actor, run_id=run.id, data={"pids": reaped})
+            self.report(Progress("run", run.id, "reaped", message=f"stopped {len(reaped)} process(es) left by an earlier conductor of this run"))
         from cutover.ansible_inventory import build_inventory
 
         self.dynamic_inventory = build_inventory(self.estate)
@@ -290,7 +312,8 @@ class Conductor:
             if not any(units_of.values()):
                 continue
             state = self.journal.unit_step_state(run.id)
-            if all(self._unit_finished(run.id, state, u, plan) for us in units_of.values() for u in us):
+            retrying = self.retry_batch is not None and self.retry_batch[0] == pw.id
+            if not retrying and all(self._unit_finished(run.id, state, u, plan) for us in units_of.values() for u in us):
                 continue
             self._check_window(run, pw)
             if pw.approve_before:
@@ -372,6 +395,14 @@ class Conductor:
         if pending_undo:
             self._undo(run, plan, pw, batch, pending_undo, state, label="resume undo")
             state = self.journal.unit_step_state(run.id)
+        if self.retry_batch == (pw.id, batch.id):
+            self.retry_batch = None  # once per resume
+            again = [u for u in units if self._unit_out(run.id, state, u) and not self._needs_undo(state, u, plan)]
+            if again:
+                self._write(lambda: self.journal.retry_units(run.id, again, actor=self.actor, wave=pw.id, batch=batch.id,
+                                                             reason=f"resume of run stopped at batch {batch.id}"))
+                self.report(Progress("batch", run.id, "retrying", wave=pw.id, batch=batch.id, message=f"runs again: {', '.join(again)}"))
+                state = self.journal.unit_step_state(run.id)
         seen_steps: list[Step] = []
         for index, segment in enumerate(split_segments(plan.steps), start=1):
             self._checkpoint(run)
@@ -416,21 +447,22 @@ class Conductor:
     def _past_threshold(self, run: Run, plan, pw, batch, units, state, failed, limit) -> None:  # noqa: ANN001
         why = f"batch {batch.id}: {len(failed)} unit(s) failed ({', '.join(sorted(failed))}), more than the {limit} tolerated"
         on_failure = plan.runbook.on_failure
+        stopped_at = {"stopped_batch": {"wave": pw.id, "batch": batch.id}}
         if on_failure == "rollback_batch":
             self._rollback_batch(run, plan, pw, batch, units, why)
         if on_failure == "pause":
             self._undo(run, plan, pw, batch, sorted(failed), state, label="failed units")
-            self._status(run.id, states.PAUSED, reason=why)
-            raise Waiting(f"run {run.id} paused: {why}; `cutover resume` or `cutover rollback`")
-        self._status(run.id, states.FAILED, reason=why)
+            self._status(run.id, states.PAUSED, reason=why, detail=stopped_at)
+            raise Waiting(f"run {run.id} paused: {why}; `cutover resume` runs the batch's failed units again, `cutover rollback` undoes it")
+        self._status(run.id, states.FAILED, reason=why, detail=stopped_at)
         raise RunFailed(f"run {run.id} stopped: {why} (on_failure: stop, nothing undone)")
 
     def _rollback_batch(self, run: Run, plan, pw, batch, units, why: str) -> None:  # noqa: ANN001
         self._status(run.id, states.ROLLING_BACK, reason=why)
         self.report(Progress("batch", run.id, states.ROLLING_BACK, wave=pw.id, batch=batch.id, message=why))
         self._undo(run, plan, pw, batch, list(units), self.journal.unit_step_state(run.id), label="batch rollback")
-        self._status(run.id, states.FAILED, reason=why)
-        raise RunFailed(f"run {run.id} failed: {why}; the whole batch was rolled back")
+        self._status(run.id, states.FAILED, reason=why, detail={"stopped_batch": {"wave": pw.id, "batch": batch.id}})
+        raise RunFailed(f"run {run.id} failed: {why}; the whole batch was rolled back (`cutover resume {run.id}` runs it again once the cause is fixed)")
 
     # --- a segment ----------------------------------------------------------------------------
 
@@ -638,7 +670,7 @@ class Conductor:
         return unit in self._gate_failures(run_id)
 
     def _gate_failures(self, run_id: str) -> set[str]:
-        return {g.unit for g in self.journal.gate_results(run_id) if g.status == states.FAILED and g.unit}
+        return self.journal.failed_gate_units(run_id)
 
     def _failed_units(self, run_id: str) -> set[str]:
         state = self.journal.unit_step_state(run_id)
@@ -694,7 +726,7 @@ def run_status(journal: Journal, run_id: str) -> dict[str, Any]:
     plan = run.plan or {}
     steps = [s["id"] for s in plan.get("steps", [])]
     state = journal.unit_step_state(run_id)
-    gate_failed = {g.unit for g in journal.gate_results(run_id) if g.status == states.FAILED and g.unit}
+    gate_failed = journal.failed_gate_units(run_id)
     waves = []
     totals: dict[str, int] = {}
     for w in plan.get("waves", []):

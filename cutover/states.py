@@ -24,12 +24,13 @@ Kinds and what they describe:
     (none) -> pending | started | skipped | undoing
     pending -> started | skipped | undoing (undo of a step that may have been half-applied)
     started -> started (re-run after a crash, a retry) | done | failed | skipped | undoing
-    done -> undoing | started (explicit re-run, e.g. --replan)
-    failed -> started (retry) | undoing | skipped
+    done -> undoing | started (explicit re-run, e.g. --replan) | pending (a step without undo of a
+            unit retried on resume)
+    failed -> started (retry) | undoing | skipped | pending (the unit is retried on resume)
     undoing -> undoing (resumed undo) | undone | undo_failed
     undo_failed -> undoing (retry)
-    undone -> started (the unit is cut over again) | undoing
-    skipped -> started
+    undone -> started (the unit is cut over again) | undoing | pending (retried on resume)
+    skipped -> started | pending (retried on resume)
 - `attempt`: one try of one phase of one unit-step (a journal row per try).
     do phase:   (none) -> started -> done | failed | skipped
     undo phase: (none) -> undoing -> undone | undo_failed
@@ -108,12 +109,12 @@ STEP_TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     None: frozenset({PENDING, STARTED, SKIPPED, UNDOING}),
     PENDING: frozenset({STARTED, SKIPPED, UNDOING}),
     STARTED: frozenset({STARTED, DONE, FAILED, SKIPPED, UNDOING}),
-    DONE: frozenset({UNDOING, STARTED}),
-    FAILED: frozenset({STARTED, UNDOING, SKIPPED}),
+    DONE: frozenset({UNDOING, STARTED, PENDING}),
+    FAILED: frozenset({STARTED, UNDOING, SKIPPED, PENDING}),
     UNDOING: frozenset({UNDOING, UNDONE, UNDO_FAILED}),
     UNDO_FAILED: frozenset({UNDOING}),
-    UNDONE: frozenset({STARTED, UNDOING}),
-    SKIPPED: frozenset({STARTED}),
+    UNDONE: frozenset({STARTED, UNDOING, PENDING}),
+    SKIPPED: frozenset({STARTED, PENDING}),
 }
 
 ATTEMPT_TRANSITIONS: Mapping[str | None, frozenset[str]] = {

@@ -377,6 +377,42 @@ class Journal(ABC):
                 for o in outcomes
             ]
 
+    def retry_units(self, run_id: str, units: Sequence[str], *, actor: str, reason: str, wave: str = "", batch: str = "") -> list[str]:
+        """Give units that are out of a run (failed, then undone: nothing left to undo, which
+        the engine checks) a fresh start: their unit-steps go back to `pending` and their earlier
+        failed gates stop counting (`failed_gate_units`). One transaction; returns the units
+        reset. A unit with a step started, undoing or undo_failed is refused (IllegalTransition)."""
+        _require_reason(reason, "--reason")
+        units = list(dict.fromkeys(units))
+        if not units:
+            return []
+        now = self._ts(utcnow())
+        with self._tx() as tx:
+            self._require_run(tx, run_id)
+            rows: list[tuple] = []
+            for chunk in _chunks(units, 500):
+                marks = ", ".join("?" * len(chunk))
+                rows += tx.all(f"SELECT unit, step, status FROM unit_steps WHERE run_id = ? AND unit IN ({marks})", (run_id, *chunk))
+            for unit, step, status in rows:  # validate everything before writing anything
+                states.transition("step", status, states.PENDING, f"{run_id} unit {unit} step {step}")
+            tx.executemany("UPDATE unit_steps SET status = ?, phase = NULL, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?",
+                           [(states.PENDING, now, run_id, unit, step) for unit, step, _ in rows])
+            watermark = tx.one("SELECT COALESCE(MAX(id), 0) FROM gate_results WHERE run_id = ?", (run_id,))[0]
+            self._event(tx, "units.retried", actor=actor, run_id=run_id,
+                        data={"units": units, "wave": wave, "batch": batch, "reason": reason, "gates_before": int(watermark)})
+        return units
+
+    def failed_gate_units(self, run_id: str) -> set[str]:
+        """Units with a failed gate since they were last retried (`retry_units`)."""
+        with self._tx(write=False) as tx:
+            retried: dict[str, int] = {}
+            for (data,) in tx.all("SELECT data FROM events WHERE run_id = ? AND kind = 'units.retried' ORDER BY id", (run_id,)):
+                data = self._unjson(data) or {}
+                for unit in data.get("units", []):
+                    retried[unit] = int(data.get("gates_before", 0))
+            rows = tx.all("SELECT id, unit FROM gate_results WHERE run_id = ? AND status = ? AND unit IS NOT NULL", (run_id, states.FAILED))
+        return {unit for gate_id, unit in rows if gate_id > retried.get(unit, 0)}
+
     def unit_step_state(self, run_id: str) -> dict[tuple[str, str], UnitStepState]:
         """Every unit-step the run has touched: {(unit, step): UnitStepState}."""
         with self._tx(write=False) as tx:

@@ -130,8 +130,6 @@ def test_legacy_site_down_fails_precheck_and_changes_nothing(faults_lab: LabProj
         assert exchange_site(project, unit) in ("brvt", None)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: `cutover resume` leaves units that failed their precheck out of the run "
-                                       "(OUT_STATUSES) instead of running them again once the site is back")
 def test_resume_completes_them_once_the_site_is_back(faults_lab: LabProject) -> None:
     project = faults_lab
     assert "run" in SITE_DOWN, "needs test_legacy_site_down_fails_precheck_and_changes_nothing first"

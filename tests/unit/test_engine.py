@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "engine"))
-from engine_project import cutover, fail, fail_once, make_project, side_effects  # noqa: E402
+from engine_project import LOG, cutover, fail, fail_once, make_project, side_effects  # noqa: E402
 
 from cutover.actions.ansible import resolve_strategy  # noqa: E402
 from cutover.journal import open_journal  # noqa: E402
@@ -220,3 +220,44 @@ def test_a_step_with_retries_runs_again_for_the_failed_unit_only(cli, root: Path
         run_id = latest_run(root)
         assert [a.status for a in j.attempts(run_id, unit="xa-long-dien", step="copy")] == ["failed", "done"]
     assert set(units_by_status(status(cli, root, run_id)).values()) >= {"done"}
+
+
+def test_resume_after_a_batch_rollback_runs_the_batch_again(cli, root: Path) -> None:
+    fail(root, "do-copy", "phuong-sai-gon", "xa-long-dien")
+    assert cli("--actor", "alice", "run", "engine", "--non-interactive", "--strategy", "linear", root=root).exit_code == 1
+    run_id = latest_run(root)
+    (root / f"{LOG}.fail.do-copy").unlink()  # the cause is fixed
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    lines = side_effects(root)
+    for unit in PILOT:  # undone with the batch, then cut over again from the first step
+        assert of(lines, unit)[-4:] == ["do precheck", "do copy", "do switch", "gate switch reconcile"], of(lines, unit)
+    assert of(lines, "phuong-tan-dinh") == ["do precheck", "do copy", "do switch", "gate switch reconcile"]
+    report = status(cli, root, run_id)
+    assert report["run"]["status"] == "succeeded" and set(units_by_status(report).values()) == {"done"}
+    with journal(root) as j:
+        retried = j.events(run_id=run_id, kind="units.retried")
+        assert [sorted(e.data["units"]) for e in retried] == [sorted(PILOT)] and retried[0].actor == "alice"
+        assert j.failed_gate_units(run_id) == set()
+
+
+def test_a_unit_failed_alone_stays_failed_on_resume(cli, root: Path) -> None:
+    # a pilot unit fails alone (within max_failed) and its batch goes on; a later batch then stops
+    # the run: the resume runs that batch again, not the unit that failed alone
+    fail(root, "gate-switch", "xa-long-dien")
+    fail(root, "do-switch", "phuong-tan-dinh")
+    assert cli("--actor", "alice", "run", "engine", "--non-interactive", "--strategy", "linear", root=root).exit_code == 1
+    run_id = latest_run(root)
+    for leftover in root.glob(f"{LOG}.fail.*"):
+        leftover.unlink()
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    lines = side_effects(root)
+    assert of(lines, "xa-long-dien") == ["do precheck", "do copy", "do switch", "gate switch reconcile", "undo switch", "undo copy"]
+    assert of(lines, "phuong-tan-dinh")[-4:] == ["do precheck", "do copy", "do switch", "gate switch reconcile"]
+    assert of(lines, "phuong-ben-thanh") == ["do precheck", "do copy", "do switch", "gate switch reconcile"]
+    report = status(cli, root, run_id)
+    assert units_by_status(report)["xa-long-dien"] == "rolled_back" and units_by_status(report)["phuong-tan-dinh"] == "done"
+    with journal(root) as j:
+        assert [e.data["units"] for e in j.events(run_id=run_id, kind="units.retried")] == [["phuong-tan-dinh"]]
+        assert j.failed_gate_units(run_id) == {"xa-long-dien"}
