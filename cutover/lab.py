@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import yaml
 
+from cutover.actions.ansible import mitogen_strategy_dir, resolve_strategy
 from cutover.errors import CutoverError, InvalidInput, Problem, RunFailed
 from cutover.estate import Estate, OldUnit, ascii_slug, load_estate
 
@@ -219,17 +220,6 @@ class HostingRun:
         return d
 
 
-def mitogen_strategy_dir() -> Path | None:
-    """Mitogen's strategy plugins when the `mitogen` package is installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("ansible_mitogen")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
-    return path if path.is_dir() else None
-
-
 def _runner_envvars(strategy: str) -> dict[str, str]:
     """The few variables the invocation needs; the rest of the process environment stays out."""
     venv_bin = str(Path(sys.executable).parent)
@@ -268,7 +258,7 @@ def _strip_environment(artifacts: Path) -> None:
 
 
 def default_strategy() -> str:
-    return "mitogen" if mitogen_strategy_dir() is not None else "linear"
+    return resolve_strategy(None)
 
 
 def apply_hosting(lab: Lab, *, strategy: str | None = None, forks: int = 8,
@@ -310,6 +300,8 @@ def apply_hosting(lab: Lab, *, strategy: str | None = None, forks: int = 8,
         playbook=str(playbook),
         inventory=str(inventory),
         envvars=_runner_envvars(strategy),
+        # sites are hosts behind one local connection: without a fork per task Mitogen runs them one by one
+        extravars={"mitogen_task_isolation": "fork"} if strategy == "mitogen" else None,
         forks=forks,
         quiet=True,
         suppress_env_files=True,

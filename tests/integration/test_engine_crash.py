@@ -18,10 +18,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "engine"))
 from engine_project import cutover, cutover_command, fail, make_project, side_effects  # noqa: E402
 
+from cutover.actions.ansible import resolve_strategy  # noqa: E402
 from cutover.journal import open_journal  # noqa: E402
 
 UNITS = ["phuong-sai-gon", "xa-tru-van-tho", "xa-long-dien", "phuong-tan-dinh"]
 STEPS = ["copy", "freeze", "switch"]
+STRATEGIES = ["linear"] + (["mitogen"] if resolve_strategy(None) == "mitogen" else [])
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +32,8 @@ def state_db(root: Path) -> str:
     return f"sqlite:///{root / '.cutover' / 'state.db'}"
 
 
-def start(root: Path, runbook: str = "engine-crash") -> subprocess.Popen:
-    return subprocess.Popen(cutover_command(root, "run", runbook, "--non-interactive", "--strategy", "linear"), cwd=root,
+def start(root: Path, runbook: str = "engine-crash", strategy: str = "linear") -> subprocess.Popen:
+    return subprocess.Popen(cutover_command(root, "run", runbook, "--non-interactive", "--strategy", strategy), cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
 
 
@@ -154,3 +156,31 @@ def test_killed_while_undoing_a_failed_unit(root: Path) -> None:
     _, after = snapshot(root)
     assert {s: after[("phuong-sai-gon", s)] for s in STEPS} == {"copy": "undone", "freeze": "undone", "switch": "skipped"}
     assert all(after[(u, s)] == "done" for u in UNITS[1:] for s in STEPS)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_resume_stops_what_the_killed_conductor_left_running(root: Path, strategy: str) -> None:
+    """PR_SET_PDEATHSIG takes down the killed conductor's ansible-playbook, not its forks (its
+    workers, their modules): a task still running (here a 60 s sleep) would go on writing beside
+    the resumed run. The resume
+    stops it first (it carries the invocation's mark) and journals that it did."""
+    from cutover.actions.ansible import leftover_processes
+
+    book = root / "runbooks" / "engine-crash.yml"
+    book.write_text(book.read_text().replace("vars: {sleep: 0.5}}", "vars: {sleep: 60}}", 1))
+    proc = start(root, strategy=strategy)
+    kill_when(proc, root, lambda lines: len(lines) >= 2)
+    run_id, _ = snapshot(root)
+    runs = str(root / ".cutover" / "runs" / run_id) + os.sep
+    time.sleep(1)
+    left = leftover_processes(runs)
+    assert left, "the killed run's task processes were expected to outlive it"
+    book.write_text(book.read_text().replace("vars: {sleep: 60}}", "vars: {sleep: 0.5}}", 1))
+    resumed = cutover(root, "resume", run_id, "--non-interactive", "--strategy", strategy, "--replan", "--reason", "shorter sleep")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert leftover_processes(runs) == []
+    assert all(not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1][:3] for pid in left)
+    with open_journal(state_db(root)) as journal:
+        reaped = journal.events(run_id=run_id, kind="invocations.reaped")
+        assert reaped and set(left) <= set(reaped[0].data["pids"])
+        assert journal.get_run(run_id).status == "succeeded"
