@@ -441,7 +441,14 @@ class Mover:
         cond = f"unit = {lit(self.unit)} AND source_site = {lit(self.site)} AND source_unit = ANY({lit(self.scope.keys)})"
         return sum(int(self.unified.value(f"SELECT count(*) FROM {s}.{t} WHERE {cond}")) for s, t in self.tables)
 
+    def _lock_split_units(self):
+        """Successors of a split old unit share its quarantine rows: the one transaction at a
+        time that rewrites them (an advisory lock per old unit, held until commit)."""
+        for key in sorted(self.scope.unmatched):
+            self.unified.rows(f"SELECT pg_advisory_xact_lock(hashtextextended({lit('cutover quarantine ' + self.site + ' ' + key)}, 0))")
+
     def _purge_unified(self, files=True, quarantine=False):
+        self._lock_split_units()
         deleted = {}
         keys = lit(self.scope.keys)
         cond = f"unit = {lit(self.unit)} AND source_site = {lit(self.site)} AND source_unit = ANY({keys})"
@@ -591,6 +598,7 @@ class Mover:
         self.legacy.connect()
         self.unified.connect()
         applied = {}
+        self._lock_split_units()
         cond = f"unit = {lit(self.unit)} AND source_site = {lit(self.site)}"
         for item in reversed(index):
             applied[item["table"] + ":deleted"] = self.unified.execute(f"DELETE FROM {item['table']} WHERE {cond} AND id = ANY({lit(item['ids'])}::uuid[])")
