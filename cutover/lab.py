@@ -668,10 +668,13 @@ def _legacy_sites_hold_records(lab: Lab) -> bool:
 
 
 def reset(lab: Lab, size: str | None = None, *, strategy: str | None = None) -> dict[str, Any]:
-    """Back to the seeded state: routes to legacy, no freeze, the seeded records and files only."""
+    """Back to the seeded state: routes to legacy, no freeze, the seeded records and files only;
+    no migration work files (`migrations/`) and no injected faults (`faults.yml`) left."""
     size = size or seeded_size(lab) or "small"
     _check_size(size)
     sites = lab.sites()
+    shutil.rmtree(lab.dir / "migrations", ignore_errors=True)
+    (lab.dir / "faults.yml").unlink(missing_ok=True)
     for code in LEGACY_SITES:
         (sites[code].dir / "nginx" / "routes.map").unlink(missing_ok=True)
     with connect(sites["unified"]) as conn:

@@ -36,6 +36,6 @@ def test_crash_torture(torture_lab: LabProject) -> None:
     assert proc.stdout.strip(), proc.stderr[-4000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=2))
-    assert result["kills"] == KILLS, result
+    assert result["kills"] == KILLS, (result, proc.stderr[-4000:])
     assert result["checks"] and all(result["checks"].values()), (result["checks"], proc.stderr[-4000:])
     assert proc.returncode == 0
