@@ -11,7 +11,9 @@ A chain alone cannot see its last records deleted, so the head is also written a
 verification fails when the chain is shorter than a checkpoint says or its record there
 differs.
 
-Records live in the journal (both backends) through the small `AuditStore` protocol.
+Records are appended by the journal itself, in the transaction of what they record
+(`cutover.journal.chain`, both backends); this module holds the record, signing, checkpoints,
+verification and bundles.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ import io
 import json
 import os
 import re
-import socket
 import tarfile
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cutover.errors import AuditFailed, InvalidInput, Problem
 
 GENESIS = "0" * 64
-SECRET_NAME = re.compile(r"(pass(word|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|signing[_-]?key)", re.I)
+SECRET_NAME = re.compile(  # command-line flags; mapping keys go through cutover.journal.records.redact
+    r"(pass(word|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|signing[_-]?key)", re.I)
 REDACTED = "***"
 
 
@@ -62,19 +63,6 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
             hide_next = True
         else:
             out.append(arg)
-    return out
-
-
-def redact_mapping(values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `values` with every secret-named key's value replaced, recursively."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if SECRET_NAME.search(str(k)):
-            out[k] = REDACTED
-        elif isinstance(v, dict):
-            out[k] = redact_mapping(v)
-        else:
-            out[k] = v
     return out
 
 
@@ -131,20 +119,6 @@ class AuditRecord:
 
 
 _BODY_FIELDS = tuple(f for f in AuditRecord.__dataclass_fields__ if f not in ("hash", "signature"))
-
-
-class AuditStore(Protocol):
-    """What the journal provides for the chain (both backends)."""
-
-    def audit_head(self) -> AuditRecord | None: ...
-
-    def audit_insert(self, record: AuditRecord) -> None:
-        """Insert atomically; raise if `record.seq` is taken (a concurrent append)."""
-
-    def audit_records(self, run: str | None = None) -> list[AuditRecord]: ...
-
-
-# --- keys and signatures ---------------------------------------------------------------------
 
 
 class Signer:
@@ -208,14 +182,17 @@ def keygen(private_path: Path) -> Path:
     return pub
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace `path` whole (a reader sees the old or the new content); `durable` also waits
+    for the disk (fsync) before the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -229,49 +206,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class AuditLog:
-    """Appends records to a store, chaining and (optionally) signing them, and keeps the
-    signed checkpoint of the head in `checkpoint_path` (outside the journal)."""
-
-    def __init__(self, store: AuditStore, *, signer: Signer | None = None, checkpoint_path: Path | None = None):
-        self.store = store
-        self.signer = signer
-        self.checkpoint_path = checkpoint_path
-
-    def append(self, *, actor: str, event: str, attempts: int = 20, **fields: Any) -> AuditRecord:
-        if "command" in fields:
-            fields["command"] = redact_argv(fields["command"])
-        if "detail" in fields:
-            fields["detail"] = redact_mapping(fields["detail"])
-        for attempt in range(attempts):
-            head = self.store.audit_head()
-            record = AuditRecord(
-                seq=(head.seq + 1) if head else 1,
-                at=utc_now(),
-                actor=actor,
-                host=socket.gethostname(),
-                event=event,
-                prev_hash=head.hash if head else GENESIS,
-                **fields,
-            )
-            if self.signer:
-                record.key_id = self.signer.key_id
-            record.hash = record.compute_hash()
-            if self.signer:
-                record.signature = self.signer.sign(record.hash)
-            try:
-                self.store.audit_insert(record)
-            except Exception:  # noqa: BLE001 - a concurrent append took the seq: retry
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-                continue
-            if self.checkpoint_path:
-                write_checkpoint(self.checkpoint_path, record, self.signer)
-            return record
-        raise AssertionError("unreachable")
-
-
 def checkpoint_of(record: AuditRecord, signer: Signer | None) -> dict[str, Any]:
     body = {"seq": record.seq, "hash": record.hash, "at": record.at}
     cp: dict[str, Any] = dict(body)
@@ -281,12 +215,12 @@ def checkpoint_of(record: AuditRecord, signer: Signer | None) -> dict[str, Any]:
     return cp
 
 
-def write_checkpoint(path: Path, record: AuditRecord, signer: Signer | None) -> None:
+def write_checkpoint(path: Path, record: AuditRecord, signer: Signer | None, *, durable: bool = True) -> None:
     """Keep the highest head seen: a checkpoint never moves backwards."""
     current = read_checkpoint(path)
     if current and int(current.get("seq", 0)) > record.seq:
         return
-    atomic_write(path, canonical(checkpoint_of(record, signer)) + b"\n")
+    atomic_write(path, canonical(checkpoint_of(record, signer)) + b"\n", durable=durable)
 
 
 def read_checkpoint(path: Path | None) -> dict[str, Any] | None:

@@ -150,12 +150,25 @@ def read(tx: Any, *, run: str | None = None, after_seq: int = 0) -> list[AuditRe
     return [from_row(r) for r in tx.all(sql + " ORDER BY seq", params)]
 
 
+_unflushed: dict[Path, AuditRecord] = {}
+
+
 def checkpoint(record: AuditRecord | None) -> None:
-    """After the transaction that appended `record` committed: move the head checkpoints."""
+    """After the transaction that appended `record` committed: move the head checkpoints.
+    Written whole (atomic rename) but not waited for on disk: one fsync per outcome would be
+    the hot path's biggest cost; `flush_checkpoints` (the journal's close) makes them durable."""
     if record is None:
         return
     paths = list(_context.checkpoint_paths)
     if _context.runs_dir and record.run and (_context.runs_dir / record.run).is_dir():
         paths.append(_context.runs_dir / record.run / "audit-checkpoint.json")
     for path in paths:
+        write_checkpoint(path, record, _context.signer, durable=False)
+        _unflushed[path] = record
+
+
+def flush_checkpoints() -> None:
+    """Write the latest head checkpoints again, waiting for the disk this time."""
+    while _unflushed:
+        path, record = _unflushed.popitem()
         write_checkpoint(path, record, _context.signer)

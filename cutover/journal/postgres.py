@@ -151,7 +151,7 @@ class PostgresJournal(Journal):
         super().__init__(url)
         self._conn: psycopg.Connection | None = connect(url)
 
-    def close(self) -> None:
+    def _disconnect(self) -> None:
         with self._mutex:
             if self._conn is not None:
                 self._conn.close()

@@ -178,7 +178,7 @@ class SqliteJournal(Journal):
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    def close(self) -> None:
+    def _disconnect(self) -> None:
         with self._mutex:
             if self._conn is not None:
                 self._conn.close()

@@ -169,7 +169,12 @@ class Journal(ABC):
         """Break the run lock of (runbook, env); see the backends. Needs a non-empty reason."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def _disconnect(self) -> None: ...
+
+    def close(self) -> None:
+        """Make the head checkpoints durable, then close the connection."""
+        chain.flush_checkpoints()
+        self._disconnect()
 
     # --- plumbing ----------------------------------------------------------------------------
     @contextmanager

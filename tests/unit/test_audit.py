@@ -1,4 +1,4 @@
-"""The audit chain over an in-memory store: tampering of every kind is found and named."""
+"""The audit chain as a journal (SQLite) writes it: tampering of every kind is found and named."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from cutover.audit import (
-    AuditLog,
     AuditRecord,
     Signer,
     export_bundle,
@@ -17,26 +16,12 @@ from cutover.audit import (
     load_public_key,
     read_checkpoint,
     redact_argv,
-    redact_mapping,
     verify_bundle,
     verify_records,
 )
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.rows: list[AuditRecord] = []
-
-    def audit_head(self) -> AuditRecord | None:
-        return self.rows[-1] if self.rows else None
-
-    def audit_insert(self, record: AuditRecord) -> None:
-        if any(r.seq == record.seq for r in self.rows):
-            raise ValueError("seq taken")
-        self.rows.append(record)
-
-    def audit_records(self, run: str | None = None) -> list[AuditRecord]:
-        return [r for r in self.rows if run is None or r.run == run]
+from cutover.journal import open_journal
+from cutover.journal.chain import set_audit_context
+from cutover.journal.records import redact
 
 
 @pytest.fixture
@@ -47,12 +32,29 @@ def signer(tmp_path: Path) -> Signer:
     return Signer.from_file(key)
 
 
-def _log(tmp_path: Path, signer: Signer | None, n: int = 6) -> tuple[MemoryStore, AuditLog]:
-    store = MemoryStore()
-    log = AuditLog(store, signer=signer, checkpoint_path=tmp_path / "checkpoint.json")
-    for i in range(n):
-        log.append(actor="alice" if i % 2 else "bob", event="unit_step", run="r1" if i < 4 else "r2", command=["cutover", "run", f"--token=s3cr3t-{i}"], reason=f"reason {i}", evidence={"manifest": f"sha256:{i:064x}"})
-    return store, log
+class Chain:
+    """The audit records a journal wrote (SQLite), as the auditor reads them."""
+
+    def __init__(self, journal) -> None:  # noqa: ANN001
+        self.journal = journal
+
+    @property
+    def rows(self) -> list[AuditRecord]:
+        return self.journal.audit_records()
+
+
+def _log(tmp_path: Path, signer: Signer | None, n: int = 6) -> tuple[Chain, None]:
+    """n events through a real journal, each process-context like a separate command line."""
+    journal = open_journal(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        for i in range(n):
+            set_audit_context(command=["cutover", "run", f"--token=s3cr3t-{i}"], actor="engine", signer=signer,
+                              checkpoint_paths=[tmp_path / "checkpoint.json"])
+            journal.append_event("unit_step", actor="alice" if i % 2 else "bob", run_id=None,
+                                 data={"reason": f"reason {i}", "manifest": f"sha256:{i:064x}", "password": "s3cr3t-pw"})
+    finally:
+        set_audit_context()
+    return Chain(journal), None
 
 
 def _reload(rows: list[AuditRecord]) -> list[AuditRecord]:
@@ -95,7 +97,7 @@ def test_tampering_is_found_and_named(tmp_path: Path, signer: Signer, tamper: st
 
 def test_secrets_are_redacted() -> None:
     assert redact_argv(["cutover", "--password", "hunter2", "--token=abc", "PULUMI_CONFIG_PASSPHRASE=x", "--env", "lab"]) == ["cutover", "--password", "***", "--token=***", "PULUMI_CONFIG_PASSPHRASE=***", "--env", "lab"]
-    assert redact_mapping({"db": {"password": "p", "host": "h"}, "api_key": "k"}) == {"db": {"password": "***", "host": "h"}, "api_key": "***"}
+    assert redact({"db": {"password": "p", "host": "h"}, "api_key": "k"}) == {"db": {"password": "***", "host": "h"}, "api_key": "***"}
 
 
 def test_canary_never_recorded(tmp_path: Path, signer: Signer) -> None:
