@@ -16,11 +16,5 @@ if (($#)); then
   .venv/bin/python -m pytest -p no:cacheprovider -q -ra "$@"
   exit 0
 fi
-# The crash torture (20 SIGKILLs of the lab rehearsal, resumed each time) runs only with
-# CUTOVER_TORTURE=1, in a pytest process of its own: it passed five times alone but failed in
-# both full-suite CI trials (a unit of a pilot batch failed; cause not yet found), so it is
-# not yet part of the gate.
-.venv/bin/python -m pytest -p no:cacheprovider -q -ra --ignore=tests/integration/test_crash_torture.py
-if [[ ${CUTOVER_TORTURE:-} == 1 ]]; then
-  .venv/bin/python -m pytest -p no:cacheprovider -q -ra tests/integration/test_crash_torture.py
-fi
+# Everything, the crash torture included (20 SIGKILLs of the lab rehearsal, resumed each time).
+.venv/bin/python -m pytest -p no:cacheprovider -q -ra

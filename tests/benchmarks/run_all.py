@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FIGURE = re.compile(r"(median|ratio|rate|/s|throughput|peak|wave |freeze|MiB|MB|seconds|_s\b|lab up|rehearsal)", re.I)
 QUICK = {"bench_engine": ["--units", "40"], "bench_datapath": ["--size", "small"], "bench_estate": ["--repeat", "5"],
-         "bench_plan": ["--repeat", "5"], "bench_stacks": ["--repeat", "2", "--cli-repeat", "1"], "bench_journal": ["--repeat", "1"]}
+         "bench_plan": ["--repeat", "5"], "bench_fuzz": ["--examples", "100"], "bench_torture": ["--kills", "20"], "bench_stacks": ["--repeat", "2", "--cli-repeat", "1"], "bench_journal": ["--repeat", "1"]}
 
 
 def main() -> int:
