@@ -184,10 +184,28 @@ class Conductor:
             self.journal.replan(run_id, plan_hash=plan.hash, plan=plan.to_dict(), actor=self.actor, reason=replan)
         if run.status in (states.SUCCEEDED, states.ROLLED_BACK, states.ABORTED):
             raise InvalidInput([Problem("RUN", "", f"run {run_id} is {run.status}: nothing to resume")])
+        if run.status == states.ROLLBACK_FAILED or (run.status == states.ROLLING_BACK and self._last_status_detail(run).get("rollback")):
+            raise InvalidInput([Problem("RUN", "", f"run {run_id} is {run.status} (`cutover rollback`): finish it with `cutover rollback {run_id} --reason ...`")])
         with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
             run = self.journal.get_run(run_id)
+            if run.status == states.ROLLING_BACK:  # the conductor died while undoing a batch past its threshold
+                return self._finish_batch_rollback(run, plan, lock)
             self.retry_batch = self._stopped_batch(run)
             return self._conduct(run, plan, lock)
+
+    def _finish_batch_rollback(self, run: Run, plan, lock) -> Run:  # noqa: ANN001
+        """Undo the rest of the batch whose rollback a crash interrupted; the run then stops as
+        failed, as it would have (RunFailed, exit 1); a later resume runs the batch again."""
+        where = self._last_status_detail(run).get("stopped_batch") or {}
+        if not where:
+            raise InvalidInput([Problem("RUN", "", f"run {run.id} is rolling_back with no batch recorded: finish it with `cutover rollback {run.id} --reason ...`")])
+        self._prepare(run, lock)
+        pw = plan.wave(where["wave"])
+        batch = next(b for b in pw.batches if b.id == where["batch"])
+        chosen = set(run.params.get("units") or ())
+        reason = self._last_status_detail(run).get("why") or f"batch {batch.id} past its failure threshold"
+        self._rollback_batch(run, plan, pw, batch, [u for u in batch.units if not chosen or u in chosen], reason)
+        raise AssertionError("unreachable: _rollback_batch raises")
 
     def _stopped_batch(self, run: Run) -> tuple[str, str] | None:
         """The (wave, batch) that stopped a failed or paused run (past its failure threshold):
@@ -195,8 +213,7 @@ class Conductor:
         interrupt, an approval, a window), where failed units stay failed."""
         if run.status not in (states.FAILED, states.PAUSED):
             return None
-        moves = [e for e in self.journal.events(run_id=run.id, kind="run.status") if (e.data or {}).get("to") == run.status]
-        where = ((moves[-1].data or {}).get("detail") or {}).get("stopped_batch") if moves else None
+        where = self._last_status_detail(run).get("stopped_batch")
         return (where["wave"], where["batch"]) if where else None
 
     def approve(self, run_id: str, gate: str, *, reason: str, approved: bool = True) -> str:
@@ -233,7 +250,9 @@ class Conductor:
         if wave is not None:
             plan.wave(wave)
         with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
-            self._status(run_id, states.ROLLING_BACK, reason=reason, detail={"wave": wave, "unit": unit})
+            before = self._status_before_rollback(run) if (wave or unit) else None
+            self._status(run_id, states.ROLLING_BACK, reason=reason, detail={"wave": wave, "unit": unit, "rollback": True,
+                                                                             **({"resume_as": before} if before else {})})
             self._prepare(run, lock)
             state = self.journal.unit_step_state(run_id)
             for pw in reversed(plan.waves):
@@ -242,8 +261,21 @@ class Conductor:
                 for batch in reversed(pw.batches):
                     units = [u for u in batch.units if unit in (None, u)]
                     self._undo(run, plan, pw, batch, units, state, label="rollback")
-            self._status(run_id, states.ROLLED_BACK, reason=reason, detail={"wave": wave, "unit": unit})
+            # A part rolled back (one unit, one wave): the run keeps the status it had, the rest stays done.
+            ending = before if before and states.can_transition("run", states.ROLLING_BACK, before) else states.ROLLED_BACK
+            self._status(run_id, ending, reason=reason, detail={"wave": wave, "unit": unit, "rolled_back": "part" if ending != states.ROLLED_BACK else "all"})
             return self.journal.get_run(run_id, with_plan=False)
+
+    def _status_before_rollback(self, run: Run) -> str | None:
+        """The status a partial rollback gives back: the run's, or (a rollback already under way)
+        the one the first rollback recorded."""
+        if run.status != states.ROLLING_BACK:
+            return run.status
+        return (self._last_status_detail(run).get("resume_as")) or None
+
+    def _last_status_detail(self, run: Run) -> dict[str, Any]:
+        moves = [e for e in self.journal.events(run_id=run.id, kind="run.status") if (e.data or {}).get("to") == run.status]
+        return dict((moves[-1].data or {}).get("detail") or {}) if moves else {}
 
     # --- conducting ---------------------------------------------------------------------------
 
@@ -458,7 +490,7 @@ class Conductor:
         raise RunFailed(f"run {run.id} stopped: {why} (on_failure: stop, nothing undone)")
 
     def _rollback_batch(self, run: Run, plan, pw, batch, units, why: str) -> None:  # noqa: ANN001
-        self._status(run.id, states.ROLLING_BACK, reason=why)
+        self._status(run.id, states.ROLLING_BACK, reason=why, detail={"stopped_batch": {"wave": pw.id, "batch": batch.id}, "why": why})
         self.report(Progress("batch", run.id, states.ROLLING_BACK, wave=pw.id, batch=batch.id, message=why))
         self._undo(run, plan, pw, batch, list(units), self.journal.unit_step_state(run.id), label="batch rollback")
         self._status(run.id, states.FAILED, reason=why, detail={"stopped_batch": {"wave": pw.id, "batch": batch.id}})

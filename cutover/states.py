@@ -16,7 +16,8 @@ Kinds and what they describe:
                | aborted
     waiting / paused -> running (resume, approve) | rolling_back | aborted | (waiting <-> paused)
     rolling_back -> rolling_back (resumed rollback) | rolled_back | rollback_failed | failed
-                    | paused | aborted
+                    | paused | aborted | succeeded / waiting (a rollback of one unit or one wave
+                    gives the run back the status it had: the rest of it stays done)
     failed / succeeded / aborted / rolled_back -> rolling_back (`cutover rollback RUN ...`)
     failed -> running (a resume after a stop, `on_failure: stop`)
     rollback_failed -> rolling_back (retry once a person acted) | aborted
@@ -97,7 +98,7 @@ RUN_TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     RUNNING: frozenset({RUNNING, WAITING, PAUSED, ROLLING_BACK, SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, ABORTED}),
     WAITING: frozenset({RUNNING, PAUSED, ROLLING_BACK, ABORTED}),
     PAUSED: frozenset({RUNNING, WAITING, ROLLING_BACK, ABORTED}),
-    ROLLING_BACK: frozenset({ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, FAILED, PAUSED, ABORTED}),
+    ROLLING_BACK: frozenset({ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, FAILED, PAUSED, ABORTED, SUCCEEDED, WAITING}),
     SUCCEEDED: frozenset({ROLLING_BACK}),
     FAILED: frozenset({RUNNING, ROLLING_BACK, ABORTED}),
     ROLLED_BACK: frozenset({ROLLING_BACK}),

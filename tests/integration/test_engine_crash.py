@@ -184,3 +184,26 @@ def test_resume_stops_what_the_killed_conductor_left_running(root: Path, strateg
         reaped = journal.events(run_id=run_id, kind="invocations.reaped")
         assert reaped and set(left) <= set(reaped[0].data["pids"])
         assert journal.get_run(run_id).status == "succeeded"
+
+
+def test_killed_while_rolling_a_batch_back(root: Path) -> None:
+    """Both units of the first batch fail (it tolerates none); the conductor is killed while it
+    undoes the batch. Resume finishes the batch's undo and stops the run failed (exit 1); once the
+    cause is fixed, a second resume runs the batch again and the run completes."""
+    fail(root, "do-freeze", "phuong-sai-gon", "phuong-tan-dinh")
+    book = root / "runbooks" / "engine-crash.yml"
+    book.write_text(book.read_text().replace("undo: {playbook: step.yml}", "undo: {playbook: step.yml, vars: {sleep: 0.5}}"))
+    proc = start(root)
+    kill_when(proc, root, lambda lines: any(line.endswith("undo freeze") for line in lines))
+    run_id, _ = snapshot(root)
+    with open_journal(state_db(root)) as journal:
+        assert journal.get_run(run_id).status == "rolling_back"
+    finished = cutover(root, "resume", run_id, "--non-interactive", "--strategy", "linear")
+    assert finished.returncode == 1 and "whole batch was rolled back" in finished.stdout + finished.stderr, finished.stdout + finished.stderr
+    _, after = snapshot(root)
+    assert {after[(u, s)] for u in ("phuong-sai-gon", "phuong-tan-dinh") for s in ("copy", "freeze")} == {"undone"}
+    (root / "side_effects.log.fail.do-freeze").unlink()
+    again = cutover(root, "resume", run_id, "--non-interactive", "--strategy", "linear")
+    assert again.returncode == 0, again.stdout + again.stderr
+    _, after = snapshot(root)
+    assert all(after[(u, s)] == "done" for u in UNITS for s in STEPS)

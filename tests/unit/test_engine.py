@@ -182,7 +182,10 @@ def test_rollback_of_one_unit_after_success(cli, root: Path) -> None:
     assert result.exit_code == 0, result.output
     assert of(side_effects(root), "xa-long-dien")[-2:] == ["undo switch", "undo copy"]
     assert of(side_effects(root), "phuong-sai-gon")[-1] == "gate switch reconcile"
-    assert units_by_status(status(cli, root, run_id))["xa-long-dien"] == "rolled_back"
+    report = status(cli, root, run_id)
+    assert units_by_status(report)["xa-long-dien"] == "rolled_back" and units_by_status(report)["phuong-sai-gon"] == "done"
+    assert report["run"]["status"] == "succeeded"  # the rest of the run stays done
+    assert cli("--actor", "alice", "resume", run_id, "--non-interactive", root=root).exit_code == 2  # nothing to resume
 
 
 def test_abort_and_unlock_need_reasons(cli, root: Path) -> None:
