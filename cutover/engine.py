@@ -368,15 +368,23 @@ class Conductor:
         now = self.now()
         if pw.window.is_open(now):
             return
-        if run.params.get("ignore_window"):
-            self.journal.append_event("window.ignored", actor=self.actor, run_id=run.id,
-                                      data={"wave": pw.id, "reason": run.params["ignore_window"], "at": now.isoformat()})
+        if self._calendar_ignored(run, {"wave": pw.id, "window": pw.window.hours, "at": now.isoformat()}):
             return
         opening = pw.window.next_opening(now)
         when = f"opens {opening:%Y-%m-%d %H:%M} Asia/Ho_Chi_Minh" if opening else f"closed after {pw.window.deadline}"
         self._status(run.id, states.WAITING, reason=f"wave {pw.id} window {when}")
         self.report(Progress("window", run.id, states.WAITING, wave=pw.id, message=when))
         raise Waiting(f"run {run.id}: wave {pw.id} is outside its window ({when}); resume then, or start with --ignore-window --reason")
+
+    def _calendar_ignored(self, run: Run, what: dict[str, Any]) -> bool:
+        """The one calendar override: a run started with --ignore-window --reason goes on outside a
+        wave's window or past an approval's deadline, each time journaled (`window.ignored`) with
+        that reason and what it overrode. False for any other run."""
+        reason = run.params.get("ignore_window")
+        if not reason:
+            return False
+        self.journal.append_event("window.ignored", actor=self.actor, run_id=run.id, data={**what, "reason": reason})
+        return True
 
     def _final_gates(self, run: Run, plan) -> None:  # noqa: ANN001
         today = self.now().astimezone(TIMEZONE).date()
@@ -399,12 +407,8 @@ class Conductor:
             current = self.journal.approval(run.id, target)
             if current is not None and current.status == states.APPROVED:
                 if deadline is not None and current.at is not None and current.at.astimezone(TIMEZONE).date() > deadline:
-                    if not run.params.get("ignore_window"):
+                    if not self._calendar_ignored(run, {"gate": target, "deadline": str(deadline), "at": current.at.isoformat()}):
                         raise RunFailed(f"run {run.id}: approval {target} came after its deadline {deadline}")
-                    # The run was started outside the calendar on purpose (--ignore-window --reason):
-                    # a late approval is recorded as such, with that reason, instead of failing.
-                    self.journal.append_event("deadline.ignored", actor=self.actor, run_id=run.id,
-                                              data={"gate": target, "deadline": str(deadline), "reason": run.params["ignore_window"]})
                 return
             if current is not None and current.status == states.REJECTED:
                 raise _Rejected(target, current.reason or "")
