@@ -251,6 +251,7 @@ class Conductor:
             plan.wave(wave)
         with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
             before = self._status_before_rollback(run) if (wave or unit) else None
+            kept = {k: v for k, v in self._last_status_detail(run).items() if k == "stopped_batch"} if before else {}
             self._status(run_id, states.ROLLING_BACK, reason=reason, detail={"wave": wave, "unit": unit, "rollback": True,
                                                                              **({"resume_as": before} if before else {})})
             self._prepare(run, lock)
@@ -263,7 +264,8 @@ class Conductor:
                     self._undo(run, plan, pw, batch, units, state, label="rollback")
             # A part rolled back (one unit, one wave): the run keeps the status it had, the rest stays done.
             ending = before if before and states.can_transition("run", states.ROLLING_BACK, before) else states.ROLLED_BACK
-            self._status(run_id, ending, reason=reason, detail={"wave": wave, "unit": unit, "rolled_back": "part" if ending != states.ROLLED_BACK else "all"})
+            self._status(run_id, ending, reason=reason, detail={"wave": wave, "unit": unit, "rolled_back": "part" if ending != states.ROLLED_BACK else "all",
+                                                               **(kept if ending != states.ROLLED_BACK else {})})
             return self.journal.get_run(run_id, with_plan=False)
 
     def _status_before_rollback(self, run: Run) -> str | None:
