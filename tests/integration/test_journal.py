@@ -207,6 +207,35 @@ def test_record_outcomes_in_one_transaction(journal: Journal) -> None:
     assert [s.status for s in done] == ["done"] * 3
 
 
+def test_retry_units_resets_out_units_and_their_failed_gates(journal: Journal) -> None:
+    run_id = new_run(journal)
+    journal.record_intent(run_id, wave="w", batch="b", units=["26734", "26737"], steps=["precheck", "precopy"])
+    journal.record_outcomes(run_id, [dict(unit="26734", step="precheck", status="done"), dict(unit="26734", step="precopy", status="done"),
+                                     dict(unit="26737", step="precheck", status="failed"), dict(unit="26737", step="precopy", status="skipped")])
+    journal.record_gate(run_id, gate="reconcile", status="failed", wave="w", batch="b", unit="26734", step="precopy")
+    journal.record_intent(run_id, wave="w", batch="b", units=["26734"], steps=["precopy"], phase="undo")
+    journal.record_outcome(run_id, unit="26734", step="precopy", status="undone")
+    assert journal.failed_gate_units(run_id) == {"26734"}
+    with pytest.raises(InvalidInput):
+        journal.retry_units(run_id, ["26734"], actor="alice", reason=" ")
+    assert journal.retry_units(run_id, ["26734", "26737"], actor="alice", reason="the site is back", batch="b") == ["26734", "26737"]
+    state = journal.unit_step_state(run_id)
+    assert {k: v.status for k, v in state.items()} == {(u, s): "pending" for u in ("26734", "26737") for s in ("precheck", "precopy")}
+    assert journal.failed_gate_units(run_id) == set()  # the earlier failure no longer counts
+    event = journal.events(run_id=run_id, kind="units.retried")[-1]
+    assert (event.actor, event.data["units"], event.data["reason"]) == ("alice", ["26734", "26737"], "the site is back")
+    assert journal.audit_records(run_id)[-1].event == "units.retried"
+    # a new attempt starts from pending; a failed gate after the retry counts again
+    journal.record_intent(run_id, wave="w", batch="b", units=["26734"], steps=["precheck"])
+    journal.record_gate(run_id, gate="reconcile", status="failed", wave="w", batch="b", unit="26734", step="precopy")
+    assert journal.failed_gate_units(run_id) == {"26734"}
+    # a unit with a step under way is refused, and nothing is reset
+    with pytest.raises(IllegalTransition):
+        journal.retry_units(run_id, ["26737", "26734"], actor="alice", reason="again")
+    assert journal.unit_step_state(run_id)[("26737", "precheck")].status == "pending"
+    assert journal.unit_step_state(run_id)[("26734", "precheck")].status == "started"
+
+
 # --- gates and approvals ---------------------------------------------------------------------
 
 def test_gate_results_waiting_then_decided(journal: Journal) -> None:
