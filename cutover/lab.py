@@ -300,8 +300,9 @@ def apply_hosting(lab: Lab, *, strategy: str | None = None, forks: int = 8,
         playbook=str(playbook),
         inventory=str(inventory),
         envvars=_runner_envvars(strategy),
-        # sites are hosts behind one local connection: without a fork per task Mitogen runs them one by one
-        extravars={"mitogen_task_isolation": "fork"} if strategy == "mitogen" else None,
+        # No fork per task here (unlike the engine's segments): a forked Mitogen child hung for good
+        # in the app role's /healthz wait (a lock inherited across fork); the sites then build
+        # one after the other, which is slower but has never hung.
         forks=forks,
         quiet=True,
         suppress_env_files=True,
