@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,7 +172,18 @@ class SqliteJournal(Journal):
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # Switching a new file to WAL takes an exclusive lock that busy_timeout does not wait for:
+        # two processes opening a fresh journal at once would see "database is locked". Retry.
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    conn.close()
+                    raise JournalUnavailable(f"{self.path}: {error}") from None
+                time.sleep(0.02)
         if str(mode).lower() != "wal":
             raise InvalidInput([Problem("--state", "", f"{self.path}: could not switch SQLite to WAL mode (got {mode})")])
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
