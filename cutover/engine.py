@@ -523,7 +523,10 @@ class Conductor:
 
     def _run_segment_once(self, run: Run, plan, pw, batch, index: int, segment: list[Step], alive: list[str], state, *, budget: int):  # noqa: ANN001, ANN202
         """One invocation; stopped early once more than `budget` units failed. -> (failed, {unit: failed step}, stopped)"""
-        todo = {s.id: [u for u in alive if not _done(state, u, s.id)] for s in segment}
+        # A step recorded done whose check gate has no result (the conductor died during the
+        # gate) runs again with its gate: steps are idempotent, a gate never runs alone.
+        passed = self._gates_passed(run.id)
+        todo = {s.id: [u for u in alive if not _complete(state, passed, u, s)] for s in segment}
         failed_step: dict[str, str] = {}
         if not any(todo.values()):
             return set(), failed_step, False
@@ -707,6 +710,9 @@ class Conductor:
             return True
         return unit in self._gate_failures(run_id)
 
+    def _gates_passed(self, run_id: str) -> set[tuple[str, str, str]]:
+        return {(g.unit, g.step, g.gate) for g in self.journal.gate_results(run_id) if g.status == states.PASSED and g.unit}
+
     def _gate_failures(self, run_id: str) -> set[str]:
         return self.journal.failed_gate_units(run_id)
 
@@ -719,7 +725,7 @@ class Conductor:
 
     def _unit_finished(self, run_id: str, state, unit: str, plan) -> bool:  # noqa: ANN001
         """All steps done, or out (failed) with nothing left to undo."""
-        if all(_done(state, unit, s.id) for s in plan.steps):
+        if all(_complete(state, self._gates_passed(run_id), unit, s) for s in plan.steps):
             return True
         return self._unit_out(run_id, state, unit) and not self._needs_undo(state, unit, plan)
 
@@ -727,6 +733,11 @@ class Conductor:
 class _Rejected(Exception):
     def __init__(self, gate: str, reason: str):
         self.gate, self.reason = gate, reason
+
+
+def _complete(state, passed: set[tuple[str, str, str]], unit: str, step: Step) -> bool:  # noqa: ANN001
+    """Done, and every check gate of the step passed for the unit."""
+    return _done(state, unit, step.id) and all((unit, step.id, g.kind) in passed for g in step.gates if g.kind in ("reconcile", "smoke"))
 
 
 def _done(state, unit: str, step: str) -> bool:  # noqa: ANN001
