@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,21 +83,23 @@ def _descendants(roots: set[int]) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def lab_root(tmp_path_factory) -> Path:
+def lab_root() -> Path:
     busy = [f"{a}:{p}" for a in ADDRESSES.values() for p in PORTS if _listening(a, p)]
     if busy:
         pytest.fail(f"the lab's addresses are in use ({', '.join(busy)}): another lab is running; `cutover lab down` it first")
-    root = tmp_path_factory.mktemp("lab") / "project"
+    # Not under pytest's basetemp: every pytest session that starts makes /tmp/pytest-of-<user>
+    # 0700 again, and the lab's other users (postgres, the back ends') must reach the folders.
+    base = Path(tempfile.mkdtemp(prefix="cutover-lab-test-"))
+    base.chmod(0o755)
+    root = base / "project"
     root.mkdir()
     for name in ("inventories", "playbooks"):
         shutil.copytree(PROJECT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", ".cutover", "molecule"))
-    # Another process's users (the postgres user, the back ends') must reach the lab's folders.
-    for parent in [root, *root.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o055)
-    yield root
-    run_cli("--root", str(root), "lab", "down")
+    try:
+        yield root
+    finally:
+        run_cli("--root", str(root), "lab", "down")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -264,3 +264,46 @@ def test_a_unit_failed_alone_stays_failed_on_resume(cli, root: Path) -> None:
     with journal(root) as j:
         assert [e.data["units"] for e in j.events(run_id=run_id, kind="units.retried")] == [["phuong-tan-dinh"]]
         assert j.failed_gate_units(run_id) == {"xa-long-dien"}
+
+
+def test_a_resume_that_waits_still_owes_the_stopped_batch_its_retry(cli, root: Path) -> None:
+    # the pilot batch stops the run (two failures, one tolerated) and is rolled back; a resume
+    # then waits (the wave's window has closed) before it reaches the batch: the resume after
+    # that, the window open again, still runs the batch's units again from their first step
+    fail(root, "do-copy", "phuong-sai-gon", "xa-long-dien")
+    assert cli("--actor", "alice", "run", "engine", "--non-interactive", "--strategy", "linear", root=root).exit_code == 1
+    run_id = latest_run(root)
+    (root / f"{LOG}.fail.do-copy").unlink()
+    book = root / "runbooks" / "engine.yml"
+    original = book.read_text()
+    book.write_text(original.replace("window: {not_before: 2020-01-01, deadline: 2099-12-31}", "window: {not_before: 2099-01-01, deadline: 2099-12-31}", 1))
+    waiting = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--replan", "--reason", "window moved", root=root)
+    assert waiting.exit_code == 4 and "outside its window" in waiting.output, waiting.output
+    assert status(cli, root, run_id)["run"]["status"] == "waiting"
+    book.write_text(original)
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--replan", "--reason", "window back", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    lines = side_effects(root)
+    for unit in PILOT:
+        assert of(lines, unit)[-4:] == ["do precheck", "do copy", "do switch", "gate switch reconcile"], of(lines, unit)
+    report = status(cli, root, run_id)
+    assert report["run"]["status"] == "succeeded" and set(units_by_status(report).values()) == {"done"}
+
+
+def test_rollback_of_one_unit_of_a_run_whose_conductor_died_leaves_it_resumable(cli, root: Path) -> None:
+    book = root / "runbooks" / "engine-approval.yml"
+    book.write_text(book.read_text().replace("max_failed: 0", "max_failed: 1"))  # the unit rolled back is tolerated
+    assert cli("--actor", "alice", "run", "engine-approval", "--non-interactive", "--strategy", "linear", root=root).exit_code == 4
+    run_id = latest_run(root)
+    with journal(root) as j:  # as a conductor killed mid-run leaves it (its lock lapses with it)
+        j.set_run_status(run_id, "running", actor="alice", reason="conductor killed")
+    result = cli("--actor", "alice", "rollback", run_id, "--unit", "xa-tru-van-tho", "--reason", "copy looks wrong", "--strategy", "linear", root=root)
+    assert result.exit_code == 0, result.output
+    assert of(side_effects(root), "xa-tru-van-tho") == ["do copy", "undo copy"]
+    report = status(cli, root, run_id)
+    assert report["run"]["status"] == "paused" and units_by_status(report)["xa-tru-van-tho"] == "rolled_back"
+    assert cli("--actor", "bob", "approve", run_id, "--gate", "pilot-signoff", "--reason", "checked", root=root).exit_code == 0
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    assert of(side_effects(root), "phuong-sai-gon") == ["do copy", "do switch"]  # the rest of the run went on
+    assert status(cli, root, run_id)["run"]["status"] == "succeeded"
