@@ -208,10 +208,11 @@ class Conductor:
         raise AssertionError("unreachable: _rollback_batch raises")
 
     def _stopped_batch(self, run: Run) -> tuple[str, str] | None:
-        """The (wave, batch) that stopped a failed or paused run (past its failure threshold):
-        a resume runs its units that are out again. None for any other stop (a crash, an
-        interrupt, an approval, a window), where failed units stay failed."""
-        if run.status not in (states.FAILED, states.PAUSED):
+        """The (wave, batch) that stopped a failed or paused run (past its failure threshold),
+        or that a resume stopped before running again (waiting, interrupted): a resume runs its
+        units that are out again. None for any other stop (a crash, an interrupt, an approval,
+        a window), where failed units stay failed."""
+        if run.status not in (states.FAILED, states.PAUSED, states.WAITING):
             return None
         where = self._last_status_detail(run).get("stopped_batch")
         return (where["wave"], where["batch"]) if where else None
@@ -270,7 +271,10 @@ class Conductor:
 
     def _status_before_rollback(self, run: Run) -> str | None:
         """The status a partial rollback gives back: the run's, or (a rollback already under way)
-        the one the first rollback recorded."""
+        the one the first rollback recorded. A run still marked running holds no lock (ours now):
+        its conductor died, and it gives back `paused`, for `resume` to go on."""
+        if run.status == states.RUNNING:
+            return states.PAUSED
         if run.status != states.ROLLING_BACK:
             return run.status
         return (self._last_status_detail(run).get("resume_as")) or None
@@ -510,11 +514,16 @@ class Conductor:
         by_id = {s.id: s for s in segment}
         failed_for_good: set[str] = set()
         units = list(alive)
+        marks = self.journal.retry_marks(run.id)  # a unit retried by a resume has its step retries afresh
+
+        def attempts(unit: str, step: str) -> int:
+            return state[(unit, step)].attempts - marks.get(unit, (0, {}))[1].get(step, 0)
+
         while units:
             failed, failed_step, stopped = self._run_segment_once(run, plan, pw, batch, index, segment, units, state, budget=budget - len(failed_for_good))
             state = self.journal.unit_step_state(run.id)
             retry = [] if stopped else sorted(u for u in failed if u in failed_step
-                                             and by_id[failed_step[u]].retries >= state[(u, failed_step[u])].attempts)
+                                             and by_id[failed_step[u]].retries >= attempts(u, failed_step[u]))
             failed_for_good |= failed - set(retry)
             if retry:
                 self.report(Progress("segment", run.id, "retrying", wave=pw.id, batch=batch.id, message=", ".join(f"{u} from {failed_step[u]}" for u in retry)))
@@ -695,6 +704,11 @@ class Conductor:
         current = self.journal.get_run(run_id, with_plan=False).status
         if current == status and status != states.RUNNING:
             return
+        if self.retry_batch is not None and status in (states.WAITING, states.PAUSED) and not (detail or {}).get("stopped_batch"):
+            # a resume stopped (a window, an approval, an interrupt) before it ran the stopped batch
+            # again: the next resume still owes it that
+            wave, batch = self.retry_batch
+            detail = {**(detail or {}), "stopped_batch": {"wave": wave, "batch": batch}}
         self._write(lambda: self.journal.set_run_status(run_id, status, actor=self.actor, reason=reason, detail=detail))
 
     def _checkpoint(self, run: Run) -> None:
@@ -711,7 +725,7 @@ class Conductor:
         return unit in self._gate_failures(run_id)
 
     def _gates_passed(self, run_id: str) -> set[tuple[str, str, str]]:
-        return {(g.unit, g.step, g.gate) for g in self.journal.gate_results(run_id) if g.status == states.PASSED and g.unit}
+        return self.journal.passed_gates(run_id)  # since the unit was last retried
 
     def _gate_failures(self, run_id: str) -> set[str]:
         return self.journal.failed_gate_units(run_id)

@@ -123,8 +123,9 @@ class Journal(ABC):
     Backends: `cutover.journal.sqlite.SqliteJournal`, `cutover.journal.postgres.PostgresJournal`.
 
     Runs:        create_run, get_run, runs, latest_run, set_run_status, replan
-    Unit-steps:  record_intent, record_outcome, record_outcomes, unit_step_state, attempts, intents
-    Gates:       record_gate, gate_results
+    Unit-steps:  record_intent, record_outcome, record_outcomes, unit_step_state, attempts, intents,
+                 retry_units, retry_marks
+    Gates:       record_gate, gate_results, failed_gate_units, passed_gates
     Approvals:   request_approval, record_approval, approval, approvals
     Events:      append_event, events (append-only; the audit chain rides along, see chain.py)
     Run lock:    lock (-> RunLock), lock_holder, lock_holders, break_lock
@@ -398,25 +399,52 @@ class Journal(ABC):
             for chunk in _chunks(units, 500):
                 marks = ", ".join("?" * len(chunk))
                 rows += tx.all(f"SELECT unit, step, status FROM unit_steps WHERE run_id = ? AND unit IN ({marks})", (run_id, *chunk))
+            rows = [r for r in rows if r[2] != states.PENDING]  # a step the unit never reached stays as it is
             for unit, step, status in rows:  # validate everything before writing anything
                 states.transition("step", status, states.PENDING, f"{run_id} unit {unit} step {step}")
             tx.executemany("UPDATE unit_steps SET status = ?, phase = NULL, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?",
                            [(states.PENDING, now, run_id, unit, step) for unit, step, _ in rows])
             watermark = tx.one("SELECT COALESCE(MAX(id), 0) FROM gate_results WHERE run_id = ?", (run_id,))[0]
+            attempts: dict[str, dict[str, int]] = {}
+            for chunk in _chunks(units, 500):
+                marks = ", ".join("?" * len(chunk))
+                for unit, step, number in tx.all(f"SELECT unit, step, MAX(attempt) FROM attempts WHERE run_id = ? AND phase = ?"
+                                                 f" AND unit IN ({marks}) GROUP BY unit, step", (run_id, states.DO, *chunk)):
+                    attempts.setdefault(unit, {})[step] = int(number)
             self._event(tx, "units.retried", actor=actor, run_id=run_id,
-                        data={"units": units, "wave": wave, "batch": batch, "reason": reason, "gates_before": int(watermark)})
+                        data={"units": units, "wave": wave, "batch": batch, "reason": reason, "gates_before": int(watermark),
+                              "attempts_before": attempts})
         return units
+
+    def retry_marks(self, run_id: str) -> dict[str, tuple[int, dict[str, int]]]:
+        """Per unit retried (`retry_units`), where its fresh start began: {unit: (the last gate
+        result id before it, {step: attempts before it})}. Gate results up to that id and those
+        attempts no longer count for the unit."""
+        with self._tx(write=False) as tx:
+            return self._retry_marks(tx, run_id)
+
+    def _retry_marks(self, tx: Tx, run_id: str) -> dict[str, tuple[int, dict[str, int]]]:
+        marks: dict[str, tuple[int, dict[str, int]]] = {}
+        for (data,) in tx.all("SELECT data FROM events WHERE run_id = ? AND kind = 'units.retried' ORDER BY id", (run_id,)):
+            data = self._unjson(data) or {}
+            for unit in data.get("units", []):
+                marks[unit] = (int(data.get("gates_before", 0)), dict((data.get("attempts_before") or {}).get(unit) or {}))
+        return marks
 
     def failed_gate_units(self, run_id: str) -> set[str]:
         """Units with a failed gate since they were last retried (`retry_units`)."""
         with self._tx(write=False) as tx:
-            retried: dict[str, int] = {}
-            for (data,) in tx.all("SELECT data FROM events WHERE run_id = ? AND kind = 'units.retried' ORDER BY id", (run_id,)):
-                data = self._unjson(data) or {}
-                for unit in data.get("units", []):
-                    retried[unit] = int(data.get("gates_before", 0))
+            retried = self._retry_marks(tx, run_id)
             rows = tx.all("SELECT id, unit FROM gate_results WHERE run_id = ? AND status = ? AND unit IS NOT NULL", (run_id, states.FAILED))
-        return {unit for gate_id, unit in rows if gate_id > retried.get(unit, 0)}
+        return {unit for gate_id, unit in rows if gate_id > retried.get(unit, (0, {}))[0]}
+
+    def passed_gates(self, run_id: str) -> set[tuple[str, str, str]]:
+        """(unit, step, gate) of the unit gates passed since the unit was last retried."""
+        with self._tx(write=False) as tx:
+            retried = self._retry_marks(tx, run_id)
+            rows = tx.all("SELECT id, unit, step, gate FROM gate_results WHERE run_id = ? AND status = ? AND unit IS NOT NULL",
+                          (run_id, states.PASSED))
+        return {(unit, step, gate) for gate_id, unit, step, gate in rows if gate_id > retried.get(unit, (0, {}))[0]}
 
     def unit_step_state(self, run_id: str) -> dict[tuple[str, str], UnitStepState]:
         """Every unit-step the run has touched: {(unit, step): UnitStepState}."""

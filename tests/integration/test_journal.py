@@ -230,10 +230,39 @@ def test_retry_units_resets_out_units_and_their_failed_gates(journal: Journal) -
     journal.record_gate(run_id, gate="reconcile", status="failed", wave="w", batch="b", unit="26734", step="precopy")
     assert journal.failed_gate_units(run_id) == {"26734"}
     # a unit with a step under way is refused, and nothing is reset
+    journal.record_intent(run_id, wave="w", batch="b", units=["26737"], steps=["precheck"])
+    journal.record_outcome(run_id, unit="26737", step="precheck", status="failed")
     with pytest.raises(IllegalTransition):
         journal.retry_units(run_id, ["26737", "26734"], actor="alice", reason="again")
-    assert journal.unit_step_state(run_id)[("26737", "precheck")].status == "pending"
+    assert journal.unit_step_state(run_id)[("26737", "precheck")].status == "failed"
     assert journal.unit_step_state(run_id)[("26734", "precheck")].status == "started"
+
+
+def test_a_unit_retried_twice_keeps_the_steps_it_never_reached(journal: Journal) -> None:
+    """A second retry of a unit that failed before reaching its later steps (still pending from
+    the first retry) resets what it ran and leaves the rest pending; passed gates and attempts
+    from before a retry no longer count for that unit."""
+    run_id = new_run(journal)
+    steps = ["precheck", "precopy", "switch"]
+    journal.record_intent(run_id, wave="w", batch="b", units=["26734", "26737"], steps=steps)
+    journal.record_outcomes(run_id, [dict(unit=u, step=s, status="done") for u in ("26734", "26737") for s in steps[:2]]
+                            + [dict(unit="26734", step="switch", status="failed"), dict(unit="26737", step="switch", status="done")])
+    journal.record_gate(run_id, gate="reconcile", status="passed", wave="w", batch="b", unit="26734", step="precopy")
+    journal.record_gate(run_id, gate="reconcile", status="passed", wave="w", batch="b", unit="26737", step="precopy")
+    for step in reversed(steps):
+        journal.record_intent(run_id, wave="w", batch="b", units=["26734"], steps=[step], phase="undo")
+        journal.record_outcome(run_id, unit="26734", step=step, status="undone")
+    journal.retry_units(run_id, ["26734"], actor="alice", reason="the site is back")
+    assert journal.passed_gates(run_id) == {("26737", "precopy", "reconcile")}  # 26734's pass was before its retry
+    assert journal.retry_marks(run_id)["26734"][1] == {"precheck": 1, "precopy": 1, "switch": 1}
+    # the second attempt fails at precheck: precopy and switch are never reached (still pending)
+    journal.record_intent(run_id, wave="w", batch="b", units=["26734"], steps=["precheck"])
+    journal.record_outcome(run_id, unit="26734", step="precheck", status="failed")
+    assert journal.retry_units(run_id, ["26734"], actor="alice", reason="again") == ["26734"]
+    state = journal.unit_step_state(run_id)
+    assert {s: state[("26734", s)].status for s in steps} == dict.fromkeys(steps, "pending")
+    assert journal.retry_marks(run_id)["26734"][1] == {"precheck": 2, "precopy": 1, "switch": 1}
+    assert state[("26737", "switch")].status == "done"
 
 
 # --- gates and approvals ---------------------------------------------------------------------

@@ -307,3 +307,15 @@ def test_rollback_of_one_unit_of_a_run_whose_conductor_died_leaves_it_resumable(
     assert resumed.exit_code == 0, resumed.output
     assert of(side_effects(root), "phuong-sai-gon") == ["do copy", "do switch"]  # the rest of the run went on
     assert status(cli, root, run_id)["run"]["status"] == "succeeded"
+
+
+def test_a_unit_run_again_by_a_resume_has_its_step_retries_afresh(cli, root: Path) -> None:
+    fail(root, "do-copy", "phuong-sai-gon", "xa-long-dien")  # each copy tried twice (retries: 1), then the batch rolled back
+    assert cli("--actor", "alice", "run", "engine", "--wave", "pilot", "--non-interactive", "--strategy", "linear", root=root).exit_code == 1
+    run_id = latest_run(root)
+    (root / f"{LOG}.fail.do-copy").unlink()
+    fail_once(root, "do-copy", "xa-long-dien")  # the retried unit's copy fails once more: its retry is still there
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    assert of(side_effects(root), "xa-long-dien")[-5:] == ["do precheck", "do copy", "do copy", "do switch", "gate switch reconcile"]
+    assert units_by_status(status(cli, root, run_id))["xa-long-dien"] == "done"
