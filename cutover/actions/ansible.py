@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ STRATEGIES = ("mitogen", "linear")
 
 # Non-secret variables of the caller's environment the child may see (nothing else is passed).
 PASSTHROUGH = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SSH_AUTH_SOCK", "ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS")
-# Every process of an invocation carries INVOCATION_MARK=<private_data_dir>:<session id> in its
+# Every process of an invocation carries INVOCATION_MARK=<private_data_dir>/:<session id> in its
 # environment; `reap_invocations` kills those left over by a conductor that died (see
 # `leftover_processes` for which).
 INVOCATION_MARK = "CUTOVER_INVOCATION"
@@ -407,8 +408,12 @@ class AnsibleAction:
             envvars=envvars, cmdline=cmdline, timeout=int(timeout) if timeout else None,
             settings={"pexpect_timeout": 0.5, "suppress_ansible_output": True},
         )
+        # SSH masters of this invocation only (Ansible's default ~/.ansible/cp is shared by every
+        # run of the user: the reaping below must never reach another run's connections).
+        ssh_dir = tempfile.mkdtemp(prefix="cutover-ssh-")  # short: a socket path holds 107 bytes
+        envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = ssh_dir
         config.prepare()
-        config.env = child_environment(config.env, {**envvars, INVOCATION_MARK: str(private_data_dir)})
+        config.env = child_environment(config.env, {**envvars, INVOCATION_MARK: str(private_data_dir) + os.sep})
         config.command = [sys.executable, "-c", DIE_WITH_PARENT, *config.command]
         reader = _EventReader(steps, on_outcome, on_outcomes)
         runner = Runner(config, event_handler=reader, cancel_callback=cancel or (lambda: False))
@@ -416,7 +421,8 @@ class AnsibleAction:
         try:
             runner.run()
         finally:
-            reap_invocations(str(private_data_dir))  # forks that outlived their playbook (none, normally)
+            reap_invocations(str(private_data_dir) + os.sep)  # forks that outlived their playbook (none, normally)
+            shutil.rmtree(ssh_dir, ignore_errors=True)
             scrub_artifacts(Path(config.artifact_dir), config.command, config.cwd)
         error = ""
         if not reader.finished and not reader.stopped:

@@ -95,6 +95,29 @@ def test_no_environment_value_reaches_the_artifacts(estate_dir: Path, monkeypatc
     assert leaks == []
 
 
+def test_each_invocation_has_its_own_ssh_control_path_and_mark(estate_dir: Path) -> None:
+    """SSH masters go to a folder of the invocation's own, not the user's shared ~/.ansible/cp
+    (reaping an invocation's leftovers must never reach another run's connections), and the
+    mark names the invocation's folder whole (a sibling `pd2` is not `pd`)."""
+    book = estate_dir / "env.yml"
+    book.write_text("""# Purpose: record what the playbook's environment says of SSH masters and the mark
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.copy:
+        dest: "{{ side_effect_log }}.env"
+        content: "{{ lookup('env', 'ANSIBLE_SSH_CONTROL_PATH_DIR') }}|{{ lookup('env', 'CUTOVER_INVOCATION') }}"
+      run_once: true
+""")
+    action = AnsibleAction(inventory=estate_dir / "inventory.json")
+    result = action.run([PlayStep("env", UNITS, book)], private_data_dir=estate_dir / "pd", limit=UNITS)
+    assert result.status == "successful"
+    control_dir, mark = (estate_dir / "side_effects.log.env").read_text().split("|")
+    assert control_dir and ".ansible" not in control_dir and len(control_dir) < 60
+    assert not Path(control_dir).exists()  # removed with the invocation
+    assert mark.startswith(str(estate_dir / "pd") + os.sep + ":")
+
+
 def test_check_mode_changes_nothing(estate_dir: Path) -> None:
     action = AnsibleAction(inventory=estate_dir / "inventory.json", check_mode=True)
     result = action.run([step("copy"), step("switch")], private_data_dir=estate_dir / "pd", limit=UNITS)
