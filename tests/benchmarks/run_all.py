@@ -6,6 +6,7 @@ Each `bench_*.py` beside this file runs in its own process (so peak memory is it
 full output is kept under .cutover/benchmarks/<name>.txt and the lines that carry a figure
 (medians, ratios, rates, throughput, peak memory, per-wave times, freeze times) go into the
 table with the benchmark's wall time. `--quick` passes each benchmark its smallest settings.
+`bench_datapath` runs the rehearsal on its lab too (`--rehearsal`): the time per wave.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FIGURE = re.compile(r"(median|ratio|rate|/s|throughput|peak|wave |freeze|MiB|MB|seconds|_s\b|lab up|rehearsal)", re.I)
-QUICK = {"bench_engine": ["--units", "40"], "bench_datapath": ["--size", "small"], "bench_estate": ["--repeat", "5"],
+# bench_datapath also runs the rehearsal on its lab, for the time per wave and the freeze times.
+DEFAULT = {"bench_datapath": ["--rehearsal"]}
+QUICK = {"bench_engine": ["--units", "40"], "bench_datapath": ["--size", "small", "--rehearsal"], "bench_estate": ["--repeat", "5"],
          "bench_plan": ["--repeat", "5"], "bench_fuzz": ["--examples", "100"], "bench_torture": ["--kills", "20"], "bench_stacks": ["--repeat", "2", "--cli-repeat", "1"], "bench_journal": ["--repeat", "1"]}
 
 
@@ -38,7 +41,7 @@ def main() -> int:
         name = bench.stem
         if args.only and name not in args.only:
             continue
-        cmd = [sys.executable, str(bench), *(QUICK.get(name, []) if args.quick else [])]
+        cmd = [sys.executable, str(bench), *(QUICK.get(name, []) if args.quick else DEFAULT.get(name, []))]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.monotonic()
