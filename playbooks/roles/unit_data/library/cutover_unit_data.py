@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,6 +60,9 @@ options:
 
 ACTIONS = ("precheck", "pre_copy", "freeze", "unfreeze", "export", "import", "reconcile", "purge")
 EXCLUDED_KEYS = ("unit", "source_site", "source_unit")
+# Files are hashed or copied this many at a time (hashlib and sendfile let go of the GIL).
+FILE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 # --- keys and scopes ------------------------------------------------------------------------
@@ -213,9 +217,16 @@ class Database:
             return cur.rowcount
 
     def stream(self, src_sql, dst, table_cols, spool):
-        """legacy COPY out -> unified COPY in, through a spool file (works for both drivers)."""
-        self.copy_out(src_sql, spool)
-        return dst.copy_in(table_cols, spool) if os.path.getsize(spool) else 0
+        """legacy COPY out -> unified COPY in, block by block, both servers at work at once
+        (psycopg 3; with psycopg2 through a spool file). Returns the rows copied in."""
+        if PSYCOPG != 3:  # pragma: no cover
+            self.copy_out(src_sql, spool)
+            return dst.copy_in(table_cols, spool) if os.path.getsize(spool) else 0
+        with self.conn.cursor() as src, dst.conn.cursor() as cur:
+            with cur.copy(f"COPY {table_cols} FROM STDIN") as into, src.copy(f"COPY ({src_sql}) TO STDOUT") as out:
+                for block in out:
+                    into.write(block)
+            return cur.rowcount
 
 
 class Failure(Exception):
@@ -252,6 +263,44 @@ def file_sha256(path):
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def file_digests(paths):
+    """[(sha256 or "missing", size)] of `paths`, in their order, several files at a time."""
+    def one(path):
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return "missing", 0
+        return file_sha256(path), size
+
+    if len(paths) < 2 or FILE_WORKERS == 1:
+        return [one(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=FILE_WORKERS) as pool:
+        return list(pool.map(one, paths, chunksize=16))
+
+
+def copy_pairs(pairs):
+    """Copy each (legacy file, unified file) not already there at the same size, several at a
+    time; -> (count, bytes). A missing legacy file fails."""
+    def one(pair):
+        src, dst = pair
+        try:
+            size = os.stat(src).st_size
+        except FileNotFoundError:
+            raise Failure(f"legacy file {src} is missing") from None
+        try:
+            there = os.stat(dst).st_size == size
+        except FileNotFoundError:
+            there = False
+        if not there:
+            copy_file(src, dst)
+        return size
+
+    if len(pairs) < 2 or FILE_WORKERS == 1:
+        return len(pairs), sum(one(pair) for pair in pairs)
+    with ThreadPoolExecutor(max_workers=FILE_WORKERS) as pool:
+        return len(pairs), sum(pool.map(one, pairs, chunksize=16))
 
 
 def copy_file(src, dst):
@@ -324,14 +373,26 @@ class Mover:
             f"SELECT count(*), encode(sha256(convert_to(coalesce(string_agg({hash_expr}, ',' ORDER BY {order}), ''), 'UTF8')), 'hex') {sql_from}")[0]
         return {"count": int(count), "sha256": digest}
 
+    def aggregate_by(self, db, key_col, keys, sql_from, hash_expr, order):
+        """`aggregate` for each of `keys` (the values of `key_col`) in one query; a key without
+        rows gets what `aggregate` gives for none."""
+        out = {key: {"count": 0, "sha256": EMPTY_SHA256} for key in keys}
+        if not keys:
+            return out
+        for key, count, digest in db.rows(
+                f"SELECT {key_col}, count(*), encode(sha256(convert_to(coalesce(string_agg({hash_expr}, ',' ORDER BY {order}), ''), 'UTF8')), 'hex') "
+                f"{sql_from} AND {key_col} = ANY({lit(list(keys))}) GROUP BY {key_col}"):
+            out[key] = {"count": int(count), "sha256": digest}
+        return out
+
     # -- files
     def file_rows(self, db, schema, table, where, path_expr):
         spec = self.file_tables[f"{schema}.{table}"]
         return db.rows(f"SELECT id::text, {path_expr} FROM {schema}.{table} t WHERE {where} ORDER BY id"), spec
 
-    def copy_files(self, where, quarantined=False, ids=None):
-        """Legacy files of attachment rows in `where` to the unified store; returns (count, bytes)."""
-        count = size = 0
+    def file_copies(self, where, quarantined=False, ids=None):
+        """[(legacy file, unified file)] of the attachment rows in `where`."""
+        pairs = []
         for name, spec in self.file_tables.items():
             schema, table = name.split(".")
             if schema not in self.p["systems"]:
@@ -343,32 +404,39 @@ class Mover:
                     dst = self.unified_store / spec["store"] / "quarantine" / self.site / rel
                 else:
                     dst = self.unified_store / spec["store"] / self.unit / Path(rel).name
-                if not src.exists():
-                    raise Failure(f"{schema}.{table}: legacy file {src} is missing")
-                if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-                    copy_file(src, dst)
-                count += 1
-                size += src.stat().st_size
-        return count, size
+                pairs.append((src, dst))
+        return pairs
+
+    def copy_files(self, where, quarantined=False, ids=None):
+        """Legacy files of attachment rows in `where` to the unified store; returns (count, bytes)."""
+        return copy_pairs(self.file_copies(where, quarantined, ids))
 
     def files_manifest(self, db, store_root, where, relocate):
-        out = {}
+        return self.files_manifest_by(db, store_root, where, None, [""], relocate)[""]
+
+    def files_manifest_by(self, db, store_root, where, key_col, keys, relocate=None):
+        """{key: {store: {count, bytes, sha256}}} of the files of the attachment rows in `where`,
+        for each of `keys` (values of `key_col`; no `key_col`: all of them under the one key): a
+        store's hash is over "<row id> <file name> <file sha256>" lines in row id order."""
+        out = {key: {} for key in keys}
+        if key_col is None:
+            key_sql, cond, order = lit(keys[0]), where, "id"
+        else:
+            key_sql, cond, order = key_col, f"{where} AND {key_col} = ANY({lit(list(keys))})", f"{key_col}, id"
         for name, spec in self.file_tables.items():
             schema, table = name.split(".")
             if schema not in self.p["systems"]:
                 continue
-            h = hashlib.sha256()
-            count = size = 0
-            for row_id, rel in db.rows(f"SELECT id::text, {spec['path_column']} FROM {schema}.{table} t WHERE {where} ORDER BY id"):
-                path = store_root / spec["store"] / (relocate(rel) if relocate else rel)
-                if not path.exists():
-                    digest = "missing"
-                else:
-                    digest = file_sha256(path)
-                    size += path.stat().st_size
-                h.update(f"{row_id} {Path(rel).name} {digest}\n".encode())
-                count += 1
-            out[spec["store"]] = {"count": count, "bytes": size, "sha256": h.hexdigest()}
+            rows = db.rows(f"SELECT {key_sql}, id::text, {spec['path_column']} FROM {schema}.{table} t WHERE {cond} ORDER BY {order}")
+            digests = file_digests([store_root / spec["store"] / (relocate(rel) if relocate else rel) for _, _, rel in rows])
+            sums = {key: [hashlib.sha256(), 0, 0] for key in keys}
+            for (key, row_id, rel), (digest, size) in zip(rows, digests):
+                acc = sums[key]
+                acc[0].update(f"{row_id} {Path(rel).name} {digest}\n".encode())
+                acc[1] += 1
+                acc[2] += size
+            for key, (h, count, size) in sums.items():
+                out[key][spec["store"]] = {"count": count, "bytes": size, "sha256": h.hexdigest()}
         return out
 
     # -- actions -------------------------------------------------------------------------------
@@ -403,12 +471,14 @@ class Mover:
             mark, snap = self.legacy.rows(f"SELECT coalesce(max(id), 0), pg_current_snapshot()::text FROM {schema}.change_log")[0]
             marks[schema] = {"id": int(mark), "snapshot": snap}
         self._purge_unified(files=False)
-        rows = self._copy_rows()
-        files, size = self.copy_files(self.scope.where("t"))
-        qfiles, qsize = self.copy_files(self.scope.where_unmatched("t"), quarantined=True)
+        copies = self.file_copies(self.scope.where("t")) + self.file_copies(self.scope.where_unmatched("t"), quarantined=True)
+        with ThreadPoolExecutor(max_workers=1) as background:  # the files copy while the rows stream
+            files_copied = background.submit(copy_pairs, copies)
+            rows = self._copy_rows()
+            files, size = files_copied.result()
         self.unified.commit()
         self.legacy.rollback()
-        state = {"at": now_iso(), "marks": marks, "rows": rows, "files": files + qfiles, "bytes": size + qsize}
+        state = {"at": now_iso(), "marks": marks, "rows": rows, "files": files, "bytes": size}
         write_json(self.work / "pre_copy.json", state)
         return True, state
 
@@ -633,18 +703,19 @@ class Mover:
             raise Failure(f"no manifest for {self.unit} ({self.work / 'manifest.json'} missing): nothing to reconcile against")
         self.unified.connect()
         found = {"rows": {}, "quarantine": {}, "files": {}}
-        for schema, table in self.tables:
+        keys = [key for key, _ in self.scope.parts]
+        mine = f"t.unit = {lit(self.unit)} AND t.source_site = {lit(self.site)}"
+        for schema, table in self.tables:  # one query per table: every old unit's count and hash
             h = self.row_hash_expr(schema, table, "t")
-            for key, _ in self.scope.parts:
-                cond = f"t.unit = {lit(self.unit)} AND t.source_site = {lit(self.site)} AND t.source_unit = {lit(key)}"
-                found["rows"][f"{schema}.{table}/{key}"] = self.aggregate(self.unified, f"FROM {schema}.{table} t WHERE {cond}", h, "t.id")
-            for key in self.scope.unmatched:
-                qh = self.row_hash_expr(schema, table, "q", json_expr="q.row")
-                cond = f"q.table_name = {lit(table)} AND q.source_site = {lit(self.site)} AND q.source_unit = {lit(key)}"
-                found["quarantine"][f"{schema}.{table}/{key}"] = self.aggregate(self.unified, f"FROM {schema}.quarantine q WHERE {cond}", qh, "q.row_id")
-        for key, _ in self.scope.parts:
-            cond = f"t.unit = {lit(self.unit)} AND t.source_site = {lit(self.site)} AND t.source_unit = {lit(key)}"
-            for store, m in self.files_manifest(self.unified, self.unified_store, cond, None).items():
+            for key, m in self.aggregate_by(self.unified, "t.source_unit", keys, f"FROM {schema}.{table} t WHERE {mine}", h, "t.id").items():
+                found["rows"][f"{schema}.{table}/{key}"] = m
+            qh = self.row_hash_expr(schema, table, "q", json_expr="q.row")
+            for key, m in self.aggregate_by(self.unified, "q.source_unit", list(self.scope.unmatched),
+                                            f"FROM {schema}.quarantine q WHERE q.table_name = {lit(table)} AND q.source_site = {lit(self.site)}",
+                                            qh, "q.row_id").items():
+                found["quarantine"][f"{schema}.{table}/{key}"] = m
+        for key, stores in self.files_manifest_by(self.unified, self.unified_store, mine, "t.source_unit", keys).items():
+            for store, m in stores.items():
                 found["files"][f"{store}/{key}"] = m
         self.unified.rollback()
         differences = []
