@@ -25,7 +25,7 @@ FIGURE = re.compile(r"(median|ratio|rate|/s|throughput|peak|wave |freeze|MiB|MB|
 # bench_datapath also runs the rehearsal on its lab, for the time per wave and the freeze times.
 DEFAULT = {"bench_datapath": ["--rehearsal"]}
 QUICK = {"bench_engine": ["--units", "40"], "bench_datapath": ["--size", "small", "--rehearsal"], "bench_estate": ["--repeat", "5"],
-         "bench_plan": ["--repeat", "5"], "bench_fuzz": ["--examples", "100"], "bench_torture": ["--kills", "20"], "bench_stacks": ["--repeat", "2", "--cli-repeat", "1"], "bench_journal": ["--repeat", "1"]}
+         "bench_plan": ["--repeat", "5"], "bench_fuzz": ["--examples", "100"], "bench_torture": ["--kills", "20"], "bench_stacks": ["--repeat", "2", "--cli-repeat", "1"], "bench_journal": ["--repeat", "1"], "bench_lab": ["--size", "small"]}
 
 
 def main() -> int:
