@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FIGURE = re.compile(r"(median|ratio|rate|/s|throughput|peak|wave |freeze|MiB|MB|seconds|_s\b|lab up|rehearsal)", re.I)
+FIGURE = re.compile(r"(median|ratio|rate|/s|throughput|peak|wave |freeze|MiB|MB|seconds|_s\b|lab up|rehearsal|\d\s+\|)", re.I)
 # bench_datapath also runs the rehearsal on its lab, for the time per wave and the freeze times.
 DEFAULT = {"bench_datapath": ["--rehearsal"]}
 QUICK = {"bench_engine": ["--units", "40"], "bench_datapath": ["--size", "small", "--rehearsal"], "bench_estate": ["--repeat", "5"],
