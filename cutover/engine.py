@@ -154,7 +154,7 @@ class Conductor:
         self.report = report
         self.now = now
         self.cancelled = threading.Event()
-        self.retry_batch: tuple[str, str] | None = None  # set by resume: the batch that stopped the run
+        self.retry_batch: tuple[str, str] | None = None  # set by resume: the stopped batch it owes a retry
         self.stats = JournalStats()
         self.invocations = 0
 
@@ -208,14 +208,19 @@ class Conductor:
         raise AssertionError("unreachable: _rollback_batch raises")
 
     def _stopped_batch(self, run: Run) -> tuple[str, str] | None:
-        """The (wave, batch) that stopped a failed or paused run (past its failure threshold),
-        or that a resume stopped before running again (waiting, interrupted): a resume runs its
-        units that are out again. None for any other stop (a crash, an interrupt, an approval,
-        a window), where failed units stay failed."""
-        if run.status not in (states.FAILED, states.PAUSED, states.WAITING):
+        """The (wave, batch) that last stopped the run past its failure threshold, if no resume
+        has run its units again since (`units.retried`): a resume owes it that, however many
+        stops (a window, an approval, an interrupt, a crash, a partial rollback) came between.
+        None otherwise: units that failed alone in batches that went on stay failed."""
+        owed: tuple[int, tuple[str, str]] | None = None
+        for event in self.journal.events(run_id=run.id, kind="run.status"):
+            where = ((event.data or {}).get("detail") or {}).get("stopped_batch")
+            if where:
+                owed = (event.id, (where["wave"], where["batch"]))
+        if owed is None:
             return None
-        where = self._last_status_detail(run).get("stopped_batch")
-        return (where["wave"], where["batch"]) if where else None
+        since = self.journal.events(run_id=run.id, kind="units.retried", after_id=owed[0])
+        return None if any(((e.data or {}).get("wave"), (e.data or {}).get("batch")) == owed[1] for e in since) else owed[1]
 
     def approve(self, run_id: str, gate: str, *, reason: str, approved: bool = True) -> str:
         """Decide a requested approval (four eyes: not the run's starter). Returns the gate id."""
@@ -252,7 +257,6 @@ class Conductor:
             plan.wave(wave)
         with self.journal.lock(plan.runbook.name, self.estate.env, actor=self.actor, run_id=run_id, lease=self.options.lease) as lock:
             before = self._status_before_rollback(run) if (wave or unit) else None
-            kept = {k: v for k, v in self._last_status_detail(run).items() if k == "stopped_batch"} if before else {}
             self._status(run_id, states.ROLLING_BACK, reason=reason, detail={"wave": wave, "unit": unit, "rollback": True,
                                                                              **({"resume_as": before} if before else {})})
             self._prepare(run, lock)
@@ -265,8 +269,7 @@ class Conductor:
                     self._undo(run, plan, pw, batch, units, state, label="rollback")
             # A part rolled back (one unit, one wave): the run keeps the status it had, the rest stays done.
             ending = before if before and states.can_transition("run", states.ROLLING_BACK, before) else states.ROLLED_BACK
-            self._status(run_id, ending, reason=reason, detail={"wave": wave, "unit": unit, "rolled_back": "part" if ending != states.ROLLED_BACK else "all",
-                                                               **(kept if ending != states.ROLLED_BACK else {})})
+            self._status(run_id, ending, reason=reason, detail={"wave": wave, "unit": unit, "rolled_back": "part" if ending != states.ROLLED_BACK else "all"})
             return self.journal.get_run(run_id, with_plan=False)
 
     def _status_before_rollback(self, run: Run) -> str | None:
@@ -351,7 +354,7 @@ class Conductor:
                 continue
             state = self.journal.unit_step_state(run.id)
             retrying = self.retry_batch is not None and self.retry_batch[0] == pw.id
-            if not retrying and all(self._unit_finished(run.id, state, u, plan) for us in units_of.values() for u in us):
+            if not retrying and self._finished(run.id, state, [u for us in units_of.values() for u in us], plan):
                 continue
             self._check_window(run, pw)
             if pw.approve_before:
@@ -365,7 +368,7 @@ class Conductor:
             self.report(Progress("wave", run.id, states.DONE, wave=pw.id))
         if params.get("wave") is None and not chosen:
             self._final_gates(run, plan)
-        failed = self._failed_units(run.id)
+        failed = self._out(run.id, self.journal.unit_step_state(run.id))
         self._status(run.id, states.SUCCEEDED, detail={"failed_units": sorted(failed)} if failed else None)
         self.report(Progress("run", run.id, states.SUCCEEDED, message=f"{len(failed)} unit(s) failed and rolled back" if failed else ""))
         return self.journal.get_run(run.id, with_plan=False)
@@ -433,13 +436,15 @@ class Conductor:
         self.report(Progress("batch", run.id, states.RUNNING, wave=pw.id, batch=batch.id, message=f"{len(units)} unit(s), tolerates {tolerated} failure(s)",
                              total=len(units) * parts))
         # finish a rollback-alone that a crash interrupted
-        pending_undo = [u for u in units if self._unit_out(run.id, state, u) and self._needs_undo(state, u, plan)]
+        out = self._out(run.id, state)
+        pending_undo = [u for u in units if u in out and self._needs_undo(state, u, plan)]
         if pending_undo:
             self._undo(run, plan, pw, batch, pending_undo, state, label="resume undo")
             state = self.journal.unit_step_state(run.id)
         if self.retry_batch == (pw.id, batch.id):
             self.retry_batch = None  # once per resume
-            again = [u for u in units if self._unit_out(run.id, state, u) and not self._needs_undo(state, u, plan)]
+            out = self._out(run.id, state)
+            again = [u for u in units if u in out and not self._needs_undo(state, u, plan)]
             if again:
                 self._write(lambda: self.journal.retry_units(run.id, again, actor=self.actor, wave=pw.id, batch=batch.id,
                                                              reason=f"resume of run stopped at batch {batch.id}"))
@@ -449,7 +454,7 @@ class Conductor:
         for index, segment in enumerate(split_segments(plan.steps), start=1):
             self._checkpoint(run)
             seen_steps += segment
-            failed = {u for u in units if self._unit_out(run.id, state, u)}
+            failed = self._out(run.id, state) & set(units)
             alive = [u for u in units if u not in failed]
             if segment[0].is_approval:
                 spec = segment[0].do.approval
@@ -482,7 +487,7 @@ class Conductor:
                     self._await_approval(run, gate.approval.gate, batch.id, f"batch {batch.id}, after step {segment[-1].id}", prompt=gate.approval.prompt)
                 except _Rejected as rejected:
                     self._rollback_batch(run, plan, pw, batch, units, f"approval {rejected.gate} rejected: {rejected.reason}")
-        failed = sorted(u for u in units if self._unit_out(run.id, state, u))
+        failed = sorted(self._out(run.id, state) & set(units))
         self.report(Progress("batch", run.id, states.DONE, wave=pw.id, batch=batch.id,
                              message=f"{len(units) - len(failed)} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")))
 
@@ -534,7 +539,7 @@ class Conductor:
         """One invocation; stopped early once more than `budget` units failed. -> (failed, {unit: failed step}, stopped)"""
         # A step recorded done whose check gate has no result (the conductor died during the
         # gate) runs again with its gate: steps are idempotent, a gate never runs alone.
-        passed = self._gates_passed(run.id)
+        passed = self.journal.passed_gates(run.id)  # since each unit was last retried
         todo = {s.id: [u for u in alive if not _complete(state, passed, u, s)] for s in segment}
         failed_step: dict[str, str] = {}
         if not any(todo.values()):
@@ -704,11 +709,6 @@ class Conductor:
         current = self.journal.get_run(run_id, with_plan=False).status
         if current == status and status != states.RUNNING:
             return
-        if self.retry_batch is not None and status in (states.WAITING, states.PAUSED) and not (detail or {}).get("stopped_batch"):
-            # a resume stopped (a window, an approval, an interrupt) before it ran the stopped batch
-            # again: the next resume still owes it that
-            wave, batch = self.retry_batch
-            detail = {**(detail or {}), "stopped_batch": {"wave": wave, "batch": batch}}
         self._write(lambda: self.journal.set_run_status(run_id, status, actor=self.actor, reason=reason, detail=detail))
 
     def _checkpoint(self, run: Run) -> None:
@@ -719,29 +719,19 @@ class Conductor:
         if self.journal.get_run(run.id, with_plan=False).status == states.ABORTED:
             raise Aborted(f"run {run.id} was aborted")
 
-    def _unit_out(self, run_id: str, state, unit: str) -> bool:  # noqa: ANN001
-        if any(s.status in OUT_STATUSES for (u, _), s in state.items() if u == unit):
-            return True
-        return unit in self._gate_failures(run_id)
-
-    def _gates_passed(self, run_id: str) -> set[tuple[str, str, str]]:
-        return self.journal.passed_gates(run_id)  # since the unit was last retried
-
-    def _gate_failures(self, run_id: str) -> set[str]:
-        return self.journal.failed_gate_units(run_id)
-
-    def _failed_units(self, run_id: str) -> set[str]:
-        state = self.journal.unit_step_state(run_id)
-        return {u for (u, _), s in state.items() if s.status in OUT_STATUSES} | self._gate_failures(run_id)
+    def _out(self, run_id: str, state) -> set[str]:  # noqa: ANN001
+        """The run's units that are out: a step failed or undone, or a check gate failed (since
+        the unit was last retried). One journal read: callers take it once per decision."""
+        return {u for (u, _), s in state.items() if s.status in OUT_STATUSES} | self.journal.failed_gate_units(run_id)
 
     def _needs_undo(self, state, unit: str, plan) -> bool:  # noqa: ANN001
         return any((unit, s.id) in state and state[(unit, s.id)].status in UNDO_CANDIDATES for s in plan.steps if s.undo is not None)
 
-    def _unit_finished(self, run_id: str, state, unit: str, plan) -> bool:  # noqa: ANN001
-        """All steps done, or out (failed) with nothing left to undo."""
-        if all(_complete(state, self._gates_passed(run_id), unit, s) for s in plan.steps):
-            return True
-        return self._unit_out(run_id, state, unit) and not self._needs_undo(state, unit, plan)
+    def _finished(self, run_id: str, state, units: list[str], plan) -> bool:  # noqa: ANN001
+        """Every unit has all steps done (check gates passed), or is out with nothing left to undo."""
+        out, passed = self._out(run_id, state), self.journal.passed_gates(run_id)
+        return all(all(_complete(state, passed, u, s) for s in plan.steps) or (u in out and not self._needs_undo(state, u, plan))
+                   for u in units)
 
 
 class _Rejected(Exception):

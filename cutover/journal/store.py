@@ -396,21 +396,19 @@ class Journal(ABC):
         with self._tx() as tx:
             self._require_run(tx, run_id)
             rows: list[tuple] = []
+            attempts: dict[str, dict[str, int]] = {}  # what a retried unit's step `retries` count from
             for chunk in _chunks(units, 500):
                 marks = ", ".join("?" * len(chunk))
                 rows += tx.all(f"SELECT unit, step, status FROM unit_steps WHERE run_id = ? AND unit IN ({marks})", (run_id, *chunk))
+                for unit, step, number in tx.all(f"SELECT unit, step, MAX(attempt) FROM attempts WHERE run_id = ? AND phase = ?"
+                                                 f" AND unit IN ({marks}) GROUP BY unit, step", (run_id, states.DO, *chunk)):
+                    attempts.setdefault(unit, {})[step] = int(number)
             rows = [r for r in rows if r[2] != states.PENDING]  # a step the unit never reached stays as it is
             for unit, step, status in rows:  # validate everything before writing anything
                 states.transition("step", status, states.PENDING, f"{run_id} unit {unit} step {step}")
             tx.executemany("UPDATE unit_steps SET status = ?, phase = NULL, updated_at = ? WHERE run_id = ? AND unit = ? AND step = ?",
                            [(states.PENDING, now, run_id, unit, step) for unit, step, _ in rows])
             watermark = tx.one("SELECT COALESCE(MAX(id), 0) FROM gate_results WHERE run_id = ?", (run_id,))[0]
-            attempts: dict[str, dict[str, int]] = {}
-            for chunk in _chunks(units, 500):
-                marks = ", ".join("?" * len(chunk))
-                for unit, step, number in tx.all(f"SELECT unit, step, MAX(attempt) FROM attempts WHERE run_id = ? AND phase = ?"
-                                                 f" AND unit IN ({marks}) GROUP BY unit, step", (run_id, states.DO, *chunk)):
-                    attempts.setdefault(unit, {})[step] = int(number)
             self._event(tx, "units.retried", actor=actor, run_id=run_id,
                         data={"units": units, "wave": wave, "batch": batch, "reason": reason, "gates_before": int(watermark),
                               "attempts_before": attempts})

@@ -319,3 +319,17 @@ def test_a_unit_run_again_by_a_resume_has_its_step_retries_afresh(cli, root: Pat
     assert resumed.exit_code == 0, resumed.output
     assert of(side_effects(root), "xa-long-dien")[-5:] == ["do precheck", "do copy", "do copy", "do switch", "gate switch reconcile"]
     assert units_by_status(status(cli, root, run_id))["xa-long-dien"] == "done"
+
+
+def test_a_partial_rollback_after_a_stopped_batch_leaves_its_retry_owed(cli, root: Path) -> None:
+    fail(root, "do-copy", "phuong-sai-gon", "xa-long-dien")
+    assert cli("--actor", "alice", "run", "engine", "--non-interactive", "--strategy", "linear", root=root).exit_code == 1
+    run_id = latest_run(root)
+    rolled = cli("--actor", "alice", "rollback", run_id, "--unit", "xa-tru-van-tho", "--reason", "check it by hand", "--strategy", "linear", root=root)
+    assert rolled.exit_code == 0, rolled.output
+    assert status(cli, root, run_id)["run"]["status"] == "failed"  # the run keeps its status
+    (root / f"{LOG}.fail.do-copy").unlink()
+    resumed = cli("--actor", "alice", "resume", run_id, "--non-interactive", "--strategy", "linear", root=root)
+    assert resumed.exit_code == 0, resumed.output
+    report = status(cli, root, run_id)
+    assert report["run"]["status"] == "succeeded" and set(units_by_status(report).values()) == {"done"}
