@@ -408,17 +408,16 @@ class AnsibleAction:
             envvars=envvars, cmdline=cmdline, timeout=int(timeout) if timeout else None,
             settings={"pexpect_timeout": 0.5, "suppress_ansible_output": True},
         )
+        config.prepare()
         # SSH masters of this invocation only (Ansible's default ~/.ansible/cp is shared by every
         # run of the user: the reaping below must never reach another run's connections).
         ssh_dir = tempfile.mkdtemp(prefix="cutover-ssh-")  # short: a socket path holds 107 bytes
-        envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = ssh_dir
-        config.prepare()
-        config.env = child_environment(config.env, {**envvars, INVOCATION_MARK: str(private_data_dir) + os.sep})
+        config.env = child_environment(config.env, {**envvars, "ANSIBLE_SSH_CONTROL_PATH_DIR": ssh_dir, INVOCATION_MARK: str(private_data_dir) + os.sep})
         config.command = [sys.executable, "-c", DIE_WITH_PARENT, *config.command]
         reader = _EventReader(steps, on_outcome, on_outcomes)
-        runner = Runner(config, event_handler=reader, cancel_callback=cancel or (lambda: False))
         started = time.monotonic()
         try:
+            runner = Runner(config, event_handler=reader, cancel_callback=cancel or (lambda: False))
             runner.run()
         finally:
             reap_invocations(str(private_data_dir) + os.sep)  # forks that outlived their playbook (none, normally)

@@ -265,24 +265,26 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def file_digests(paths):
-    """[(sha256 or "missing", size)] of `paths`, in their order, several files at a time."""
-    def one(path):
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return "missing", 0
-        return file_sha256(path), size
-
-    if len(paths) < 2 or FILE_WORKERS == 1:
-        return [one(path) for path in paths]
+def each_file(fn, items):
+    """[fn(item)] in the order of `items`, FILE_WORKERS at a time."""
+    if len(items) < 2 or FILE_WORKERS == 1:
+        return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=FILE_WORKERS) as pool:
-        return list(pool.map(one, paths, chunksize=16))
+        return list(pool.map(fn, items, chunksize=16))
+
+
+def file_digest(path):
+    """(sha256 or "missing", size)"""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing", 0
+    return file_sha256(path), size
 
 
 def copy_pairs(pairs):
-    """Copy each (legacy file, unified file) not already there at the same size, several at a
-    time; -> (count, bytes). A missing legacy file fails."""
+    """Copy each (legacy file, unified file) not already there at the same size; -> (count,
+    bytes). A missing legacy file fails."""
     def one(pair):
         src, dst = pair
         try:
@@ -297,10 +299,7 @@ def copy_pairs(pairs):
             copy_file(src, dst)
         return size
 
-    if len(pairs) < 2 or FILE_WORKERS == 1:
-        return len(pairs), sum(one(pair) for pair in pairs)
-    with ThreadPoolExecutor(max_workers=FILE_WORKERS) as pool:
-        return len(pairs), sum(pool.map(one, pairs, chunksize=16))
+    return len(pairs), sum(each_file(one, pairs))
 
 
 def copy_file(src, dst):
@@ -369,27 +368,25 @@ class Mover:
         return f"encode(sha256(convert_to(({j})::text, 'UTF8')), 'hex')"
 
     def aggregate(self, db, sql_from, hash_expr, order):
-        count, digest = db.rows(
-            f"SELECT count(*), encode(sha256(convert_to(coalesce(string_agg({hash_expr}, ',' ORDER BY {order}), ''), 'UTF8')), 'hex') {sql_from}")[0]
-        return {"count": int(count), "sha256": digest}
+        return self.aggregate_by(db, None, [""], sql_from, hash_expr, order)[""]
 
     def aggregate_by(self, db, key_col, keys, sql_from, hash_expr, order):
-        """`aggregate` for each of `keys` (the values of `key_col`) in one query; a key without
-        rows gets what `aggregate` gives for none."""
+        """{key: {count, sha256}} of the rows of `sql_from` for each of `keys` (values of
+        `key_col`; no `key_col`: all of them under the one key), in one query: the sha256 of the
+        rows' hashes in `order`, joined by commas; a key without rows gets count 0, sha256("")."""
         out = {key: {"count": 0, "sha256": EMPTY_SHA256} for key in keys}
         if not keys:
             return out
-        for key, count, digest in db.rows(
-                f"SELECT {key_col}, count(*), encode(sha256(convert_to(coalesce(string_agg({hash_expr}, ',' ORDER BY {order}), ''), 'UTF8')), 'hex') "
-                f"{sql_from} AND {key_col} = ANY({lit(list(keys))}) GROUP BY {key_col}"):
-            out[key] = {"count": int(count), "sha256": digest}
+        digest = f"count(*), encode(sha256(convert_to(coalesce(string_agg({hash_expr}, ',' ORDER BY {order}), ''), 'UTF8')), 'hex')"
+        if key_col is None:
+            sql = f"SELECT {lit(keys[0])}, {digest} {sql_from}"
+        else:
+            sql = f"SELECT {key_col}, {digest} {sql_from} AND {key_col} = ANY({lit(list(keys))}) GROUP BY {key_col}"
+        for key, count, sha in db.rows(sql):
+            out[key] = {"count": int(count), "sha256": sha}
         return out
 
     # -- files
-    def file_rows(self, db, schema, table, where, path_expr):
-        spec = self.file_tables[f"{schema}.{table}"]
-        return db.rows(f"SELECT id::text, {path_expr} FROM {schema}.{table} t WHERE {where} ORDER BY id"), spec
-
     def file_copies(self, where, quarantined=False, ids=None):
         """[(legacy file, unified file)] of the attachment rows in `where`."""
         pairs = []
@@ -428,7 +425,7 @@ class Mover:
             if schema not in self.p["systems"]:
                 continue
             rows = db.rows(f"SELECT {key_sql}, id::text, {spec['path_column']} FROM {schema}.{table} t WHERE {cond} ORDER BY {order}")
-            digests = file_digests([store_root / spec["store"] / (relocate(rel) if relocate else rel) for _, _, rel in rows])
+            digests = each_file(file_digest, [store_root / spec["store"] / (relocate(rel) if relocate else rel) for _, _, rel in rows])
             sums = {key: [hashlib.sha256(), 0, 0] for key in keys}
             for (key, row_id, rel), (digest, size) in zip(rows, digests):
                 acc = sums[key]
